@@ -1,0 +1,356 @@
+"""The job file: typed, validated once at the edge, with ``--set a.b=c`` overrides.
+
+Library code receives these objects, never raw dicts. Every paper constant (DRW epoch, LDAM
+margin and scale, the 100 / 20 shot thresholds) is a field with a documented default.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ltray.errors import LtrayError
+
+LOSS_NAMES = (
+    "ce",
+    "focal",
+    "class_balanced",
+    "ldam_drw",
+    "balanced_softmax",
+    "logit_adjustment",
+    "weight_balancing",
+    "dr",
+    "crt",
+    "lws",
+    "tau_norm",
+)
+DECOUPLED_METHODS = ("crt", "lws", "tau_norm")
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignment is validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    url: str = Field(description="data set written by `ltray prepare`: a path or fsspec URL")
+    image_size: int = Field(32, ge=8, le=1024, description="side of the square training crop")
+    augment: Literal["cifar", "imagenet", "none"] = Field(
+        "cifar", description="cifar: pad-4 random crop + flip; imagenet: random resized crop + flip"
+    )
+    train_split: str = "train"
+    val_split: str | None = Field(
+        None, description="split for evaluation and model selection; default 'val', else 'test'"
+    )
+    test_split: str = "test"
+    shuffle_buffer: int = Field(8192, ge=1, description="rows in the bounded shuffle buffer")
+    loader_workers: int = Field(2, ge=0, le=64, description="data-loader processes per rank")
+    verify_sha256: bool = Field(False, description="hash every shard against the manifest")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options (credentials, endpoint); never logged"
+    )
+    many_threshold: int = Field(100, ge=1, description="many-shot: more train images than this")
+    few_threshold: int = Field(20, ge=1, description="few-shot: fewer train images than this")
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> DataConfig:
+        if self.few_threshold > self.many_threshold:
+            raise ValueError("few_threshold must not exceed many_threshold")
+        return self
+
+
+class ModelConfig(Section):
+    arch: str = Field("resnet32", description="a name from ltray.models.MODELS")
+    head: Literal["linear", "cosine"] = Field(
+        "linear", description="classifier head; the dr loss needs (and selects) cosine"
+    )
+    bias: bool = Field(True, description="bias in a linear head")
+    channels_last: bool = Field(True, description="channels_last memory format on GPUs")
+
+
+class UniformityConfig(Section):
+    kind: Literal["mhe_s0", "mhe_s1", "mhe_s2", "gaussian", "none"] = "mhe_s2"
+    weight: float = Field(0.1, ge=0.0)
+    t: float = Field(2.0, gt=0.0, description="temperature of the gaussian potential")
+    block_rows: int = Field(1024, ge=1, description="rows of the Gram matrix per block")
+
+
+class NormConfig(Section):
+    kind: Literal["ring", "hinge", "none"] = "ring"
+    weight: float = Field(0.01, ge=0.0)
+    radius: float | None = Field(
+        None, gt=0.0, description="target feature norm R; None learns R (ring) or uses 1.0 (hinge)"
+    )
+
+
+class DecoupledConfig(Section):
+    """Second stage for crt / lws / tau_norm, run on the stage-1 backbone."""
+
+    stage1_loss: str = Field("ce", description="loss of the joint first stage")
+    epochs: int = Field(10, ge=0, description="stage-2 epochs (crt, lws); tau_norm needs none")
+    lr: float = Field(0.2, gt=0.0)
+    tau_grid: list[float] = Field(
+        default_factory=lambda: [round(0.1 * i, 1) for i in range(21)],
+        description="tau values tried by tau_norm, chosen on validation data",
+    )
+
+
+class LossConfig(Section):
+    name: str = Field("ce", description="one of " + ", ".join(LOSS_NAMES))
+    # dr (the seed paper's): margin + uniformity + feature norm
+    margin: float = Field(0.2, description="additive angular margin m in radians, in [0, pi/2)")
+    scale: float = Field(16.0, gt=0.0, description="cosine logit scale s")
+    learn_scale: bool = False
+    margin_warmup_epochs: float = Field(
+        0.0, ge=0.0, description="ramp the margin linearly from 0 over this many epochs"
+    )
+    uniformity: UniformityConfig = Field(default_factory=UniformityConfig)
+    norm: NormConfig = Field(default_factory=NormConfig)
+    prior_tau: float = Field(0.0, ge=0.0, description="dr: add tau * log prior to its logits")
+    # baselines
+    gamma: float = Field(1.0, ge=0.0, description="focal loss exponent")
+    beta: float = Field(0.9999, ge=0.0, lt=1.0, description="class-balanced effective number")
+    tau: float = Field(1.0, ge=0.0, description="logit adjustment: tau * log prior")
+    ldam_max_margin: float = Field(0.5, gt=0.0, description="LDAM: largest class margin")
+    ldam_scale: float = Field(30.0, gt=0.0, description="LDAM: logit scale")
+    drw_epoch: int = Field(160, ge=0, description="deferred re-weighting starts at this epoch")
+    drw_beta: float = Field(0.9999, ge=0.0, lt=1.0, description="DRW effective-number beta")
+    max_norm: float = Field(1.0, gt=0.0, description="weight_balancing: per-class MaxNorm bound")
+    decoupled: DecoupledConfig = Field(default_factory=DecoupledConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, name: str) -> str:
+        if name not in LOSS_NAMES:
+            close = difflib.get_close_matches(name, LOSS_NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown loss {name!r}{hint}; valid: {', '.join(LOSS_NAMES)}")
+        return name
+
+    @field_validator("margin")
+    @classmethod
+    def _margin_range(cls, m: float) -> float:
+        if not 0.0 <= m < math.pi / 2:
+            raise ValueError(f"margin must be in [0, pi/2), got {m}")
+        return m
+
+    @property
+    def is_decoupled(self) -> bool:
+        return self.name in DECOUPLED_METHODS
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0.0, description="learning rate at base_batch_size")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(2.0e-4, ge=0.0)
+    batch_size: int = Field(128, ge=1, description="images per worker per step")
+    base_batch_size: int = Field(
+        128, ge=1, description="global batch at which `lr` is right; see lr_scaling"
+    )
+    lr_scaling: Literal["linear", "sqrt", "none"] = Field(
+        "linear", description="lr *= (global_batch / base_batch_size) ** {1, 0.5, 0}"
+    )
+
+
+class ScheduleConfig(Section):
+    epochs: int = Field(200, ge=1)
+    warmup_epochs: float = Field(5.0, ge=0.0)
+    kind: Literal["multistep", "cosine"] = "multistep"
+    milestones: list[int] = Field(default_factory=lambda: [160, 180])
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and the last)")
+    select_by: str | None = Field(
+        None, description="validation metric for model selection, e.g. 'val/acc'; None: last"
+    )
+    max_steps_per_epoch: int | None = Field(
+        None, ge=1, description="cap on steps per epoch (smoke tests)"
+    )
+
+    @model_validator(mode="after")
+    def _milestones_sorted(self) -> ScheduleConfig:
+        if self.milestones != sorted(self.milestones):
+            raise ValueError("milestones must be increasing")
+        return self
+
+
+class ScalingConfig(Section):
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU on GPUs)")
+    use_gpu: Literal["auto"] | bool = "auto"
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on GPUs, fp32 on the CPU"
+    )
+    max_failures: int = Field(3, ge=-1, description="worker failures tolerated (-1: unlimited)")
+
+
+class StorageConfig(Section):
+    url: str = Field("./ltray-runs", description="checkpoints; any fsspec URL")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    keep: int = Field(2, ge=1, description="checkpoints kept")
+
+
+class TrackingConfig(Section):
+    uri: str = Field(
+        "sqlite:///mlflow.db", description="MLflow tracking URI, an http(s) server, or 'none'"
+    )
+    experiment: str = "ltray"
+    log_model: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return self.uri.lower() != "none"
+
+
+class JobConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = Field(0, ge=0)
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def run_name(self) -> str:
+        """Deterministic name: the job name plus a hash of everything that shapes the result.
+
+        Re-submitting the same job resumes; changing a hyper-parameter starts a new run.
+        Scaling, storage and tracking do not change the name (same run, other cluster).
+        """
+        shaping = self.model_dump(
+            mode="json", exclude={"scaling": True, "storage": True, "tracking": True}
+        )
+        shaping["data"].pop("storage_options", None)
+        shaping["data"].pop("loader_workers", None)
+        shaping["scaling"] = {"num_workers": self.scaling.num_workers}
+        digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+        return f"{self.name}-{digest[:8]}"
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _nearest_key(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """For an unknown key, the closest valid key in the section it was found in."""
+    section: Any = model
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part)) if isinstance(part, str) else None
+        if field is None or not isinstance(field.annotation, type):
+            return ""
+        if not issubclass(field.annotation, BaseModel):
+            return ""
+        section = field.annotation
+    close = difflib.get_close_matches(str(loc[-1]), section.model_fields, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for err in error.errors():
+        loc = err["loc"]
+        where = _format_location(loc)
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: {where}: unknown key{_nearest_key(JobConfig, loc)}")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: {where}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {where}: {msg} (got {err.get('input')!r})")
+    return "; ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (['a', 'b'], value); the value is read as YAML (numbers, lists, null)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise LtrayError(f"--set {text!r}: expected KEY=VALUE, e.g. loss.margin=0.3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise LtrayError(f"--set {text!r}: value is not valid YAML: {exc}") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of the raw job dict with each ``a.b=c`` set; validation comes after."""
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise LtrayError(f"--set {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def validate_job(raw: Any, source: str = "job") -> JobConfig:
+    if not isinstance(raw, dict):
+        raise LtrayError(f"{source}: a job file must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise LtrayError(_describe(exc, source)) from None
+
+
+def read_job_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LtrayError(f"cannot read job file {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise LtrayError(f"{path}: not valid YAML: {exc}") from None
+    return raw if raw is not None else {}
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read a job YAML, apply ``--set`` overrides, validate into a JobConfig."""
+    raw = apply_overrides(read_job_yaml(path), overrides or [])
+    return validate_job(raw, source=str(path))
+
+
+SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "auth")
+
+
+def redact(value: Any) -> Any:
+    """A copy with every value under a secret-looking key replaced by '***'."""
+    if isinstance(value, dict):
+        return {
+            k: "***" if any(w in str(k).lower() for w in SECRET_WORDS) else redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
