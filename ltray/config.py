@@ -58,6 +58,10 @@ class DataConfig(Section):
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options (credentials, endpoint); never logged"
     )
+    mean: tuple[float, float, float] = Field(
+        (0.485, 0.456, 0.406), description="per-channel mean for normalisation (ImageNet's)"
+    )
+    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="per-channel std")
     many_threshold: int = Field(100, ge=1, description="many-shot: more train images than this")
     few_threshold: int = Field(20, ge=1, description="few-shot: fewer train images than this")
 
@@ -75,6 +79,9 @@ class ModelConfig(Section):
     )
     bias: bool = Field(True, description="bias in a linear head")
     channels_last: bool = Field(True, description="channels_last memory format on GPUs")
+    num_classes: int | None = Field(
+        None, ge=2, description="expected class count; a data set with another count is refused"
+    )
 
 
 class UniformityConfig(Section):
@@ -174,8 +181,12 @@ class ScheduleConfig(Section):
         None, description="validation metric for model selection, e.g. 'val/acc'; None: last"
     )
     max_steps_per_epoch: int | None = Field(
-        None, ge=1, description="cap on steps per epoch (smoke tests)"
+        None, ge=1, description="cap on training steps per epoch (smoke tests)"
     )
+    max_eval_batches: int | None = Field(
+        None, ge=1, description="cap on evaluation batches per rank (smoke tests)"
+    )
+    log_every_steps: int = Field(50, ge=1, description="steps between loss checks and progress lines")
 
     @model_validator(mode="after")
     def _milestones_sorted(self) -> ScheduleConfig:
@@ -192,6 +203,9 @@ class ScalingConfig(Section):
         "auto", description="auto: bf16 autocast on GPUs, fp32 on the CPU"
     )
     max_failures: int = Field(3, ge=-1, description="worker failures tolerated (-1: unlimited)")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the workers over nodes"
+    )
 
 
 class StorageConfig(Section):
@@ -334,13 +348,15 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
 SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "auth")
 
 
+def _is_secret(key: Any) -> bool:
+    key = str(key).lower()
+    return key == "storage_options" or any(word in key for word in SECRET_WORDS)
+
+
 def redact(value: Any) -> Any:
-    """A copy with every value under a secret-looking key replaced by '***'."""
+    """A copy with every value under a secret-looking key (and all storage options) as '***'."""
     if isinstance(value, dict):
-        return {
-            k: "***" if any(w in str(k).lower() for w in SECRET_WORDS) else redact(v)
-            for k, v in value.items()
-        }
+        return {k: "***" if _is_secret(k) else redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value

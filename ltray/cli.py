@@ -1,0 +1,97 @@
+"""The ``ltray`` command. Each subcommand validates its input at the edge and prints one clear
+``error: ...`` line (exit 1) for anything the user can get wrong."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ltray.errors import LtrayError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="ltray",
+    help="Train long-tailed image classifiers: prepare data sets, train, sweep, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def user_errors(fn: F) -> F:
+    """Turn an LtrayError into one line on stderr and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LtrayError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _mount_prepare() -> None:
+    from ltray.cli_prepare import app as prepare_app
+
+    app.add_typer(prepare_app, name="prepare", help="Write a data set as Parquet shards.")
+
+
+_mount_prepare()
+
+
+@app.command()
+@user_errors
+def train(
+    job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/cifar10_lt.yaml")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a key: --set loss.margin=0.3 (repeatable)"),
+    ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="run the loop in this process, one worker, no Ray")
+    ] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="discard this job's checkpoints and start over")
+    ] = False,
+) -> None:
+    """Train a job; running the same job again resumes from its last checkpoint."""
+    from ltray.config import load_job
+    from ltray.train.launcher import run_job
+
+    job = load_job(job_file, overrides or [])
+    final = run_job(job, local=local, fresh=fresh)
+    _print_final(job.run_name(), final)
+
+
+def _print_final(run_name: str, final: dict[str, float]) -> None:
+    shown = {k: v for k, v in final.items() if "/acc_class/" not in k}
+    print(f"run {run_name} finished")
+    for key in sorted(shown):
+        value = shown[key]
+        print(f"  {key}: {value:.2f}" if isinstance(value, float) else f"  {key}: {value}")
+
+
+@app.command()
+@user_errors
+def demo(
+    workdir: Annotated[
+        Path, typer.Option(help="folder for the data set, checkpoints and the MLflow store")
+    ] = Path("ltray-demo"),
+    local: Annotated[bool, typer.Option("--local", help="train without Ray")] = False,
+) -> None:
+    """The whole path on a small generated data set: prepare, train, and where to look."""
+    from ltray.demo import run_demo
+
+    run_demo(workdir, local=local)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

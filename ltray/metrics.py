@@ -1,0 +1,43 @@
+"""Accuracy from per-class counts: overall, many / medium / few, and per class.
+
+Ranks all-reduce counts (correct and seen per class), never averages, so the numbers are the
+same whatever the world size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+GROUPS = ("many", "medium", "few")
+
+
+def class_groups(train_counts: Sequence[int], many: int = 100, few: int = 20) -> list[str]:
+    """'many' for more than ``many`` training images, 'few' for fewer than ``few``, else 'medium'."""
+    return ["many" if n > many else "few" if n < few else "medium" for n in train_counts]
+
+
+def accuracy_report(
+    correct: torch.Tensor,
+    seen: torch.Tensor,
+    groups: Sequence[str],
+    class_names: Sequence[str],
+    prefix: str,
+) -> dict[str, float]:
+    """Top-1 in percent: ``{prefix}/acc``, ``{prefix}/acc_many`` ..., ``{prefix}/acc_class/<name>``.
+
+    A group with no evaluated class is left out rather than reported as zero.
+    """
+    correct = correct.double().cpu()
+    seen = seen.double().cpu()
+    out = {f"{prefix}/acc": 100.0 * correct.sum().item() / max(seen.sum().item(), 1.0)}
+    for group in GROUPS:
+        members = [i for i, g in enumerate(groups) if g == group and seen[i] > 0]
+        if members:
+            idx = torch.tensor(members)
+            out[f"{prefix}/acc_{group}"] = 100.0 * (correct[idx] / seen[idx]).mean().item()
+    for i, name in enumerate(class_names):
+        if seen[i] > 0:
+            out[f"{prefix}/acc_class/{name}"] = 100.0 * correct[i].item() / seen[i].item()
+    return out

@@ -1,0 +1,185 @@
+"""MLflow: the only module that talks to it. Rank 0 logs; other ranks get a ``NullTracker``.
+
+A run is found again by its tag ``ltray.run_name``, so a resumed or re-submitted job continues
+the same MLflow run. Epoch metrics are logged after the checkpoint of that epoch is saved and
+carry ``step=epoch``; on resume, epochs that the checkpoint's history has but MLflow lacks (a
+crash between the two) are logged first, so every epoch appears exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ltray.errors import LtrayError
+
+RUN_NAME_TAG = "ltray.run_name"
+EPOCH_METRIC = "epoch"
+MAX_PARAM_LENGTH = 6000
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    """Make a relative ``sqlite:///file.db`` absolute, so Ray workers (whose working folder is
+    not the caller's) write to the same file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail before training starts, naming the URI, if the tracking store cannot be used."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                if response.status != 200:
+                    raise LtrayError(f"MLflow server {uri} answered {response.status} on /health")
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise LtrayError(f"MLflow server {uri} cannot be reached: {reason}") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///") :]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise LtrayError(f"MLflow store {uri}: folder {folder} is missing or not writable")
+
+
+def metric_key(name: str) -> str:
+    """MLflow accepts letters, digits, _ - . space / in names; anything else becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
+
+
+class NullTracker:
+    """Ranks other than 0, and ``tracking.uri: none``."""
+
+    run_id: str | None = None
+
+    def start(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def fill_missing(self, history: Iterable[dict[str, float]]) -> None: ...
+
+    def log_json(self, name: str, payload: Any) -> None: ...
+
+    def log_model(self, model: Any, example: Any) -> None: ...
+
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
+    def finish(self, status: str = "FINISHED") -> None: ...
+
+
+class MlflowTracker:
+    def __init__(self, uri: str, experiment: str) -> None:
+        import mlflow
+
+        self.mlflow = mlflow
+        self.uri = uri
+        self.experiment = experiment
+        self.run_id: str | None = None
+        mlflow.set_tracking_uri(uri)
+        self.client = mlflow.MlflowClient(uri)
+
+    def _experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        return self.client.create_experiment(self.experiment)
+
+    def _find_run(self, experiment_id: str, run_name: str) -> str | None:
+        runs = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1
+        )
+        return runs[0].info.run_id if runs else None
+
+    def start(
+        self, run_name: str, params: dict[str, Any], tags: dict[str, str], fresh: bool = False
+    ) -> None:
+        """Start the run, or continue the one this job logged to before. ``fresh`` keeps the old
+        run but moves its name tag aside, so the next resume finds the new one."""
+        experiment_id = self._experiment_id()
+        self.run_id = self._find_run(experiment_id, run_name)
+        if fresh and self.run_id is not None:
+            self.client.set_tag(self.run_id, RUN_NAME_TAG, f"{run_name}@superseded")
+            self.run_id = None
+        if self.run_id is None:
+            run = self.client.create_run(
+                experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags}
+            )
+            self.run_id = run.info.run_id
+        else:
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.set_tags(tags)
+        self._log_new_params(params)
+
+    def _log_new_params(self, params: dict[str, Any]) -> None:
+        """MLflow refuses to change a logged param; on resume only new keys are added."""
+        logged = self.client.get_run(self.run_id).data.params
+        fresh = {
+            k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items() if metric_key(k) not in logged
+        }
+        items = [self.mlflow.entities.Param(metric_key(k), v) for k, v in fresh.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def logged_epochs(self) -> set[int]:
+        history = self.client.get_metric_history(self.run_id, EPOCH_METRIC)
+        return {int(m.step) for m in history}
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        timestamp = int(1000 * time.time())
+        items = [Metric(metric_key(k), float(v), timestamp, epoch) for k, v in metrics.items()]
+        items.append(Metric(EPOCH_METRIC, float(epoch), timestamp, epoch))
+        # the epoch marker goes last, so an epoch counts as logged only once all of it is
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
+
+    def fill_missing(self, history: Iterable[dict[str, float]]) -> None:
+        """Log the epochs of a checkpoint's history that MLflow does not have yet."""
+        logged = self.logged_epochs()
+        for record in history:
+            epoch = int(record["epoch"])
+            if epoch not in logged:
+                self.log_epoch(epoch, {k: v for k, v in record.items() if k != "epoch"})
+
+    def log_json(self, name: str, payload: Any) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / Path(name).name
+            path.write_text(json.dumps(payload, indent=1))
+            parent = str(Path(name).parent)
+            self.client.log_artifact(self.run_id, str(path), None if parent == "." else parent)
+
+    def log_model(self, model: Any, example: Any) -> None:
+        import torch
+
+        with self.mlflow.start_run(run_id=self.run_id):
+            self.mlflow.pytorch.log_model(
+                model,
+                name="model",
+                input_example=example,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ltray"],
+            )
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def make_tracker(uri: str, experiment: str, rank: int) -> MlflowTracker | NullTracker:
+    if rank != 0 or uri.lower() == "none":
+        return NullTracker()
+    return MlflowTracker(uri, experiment)

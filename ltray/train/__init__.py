@@ -1,0 +1,1 @@
+"""Training: the per-worker loop (plain PyTorch), its schedule, checkpoints and launcher."""

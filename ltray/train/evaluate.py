@@ -1,0 +1,82 @@
+"""One evaluation pass: per-class counts, loss and the logit decomposition, summed over ranks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from ltray.decomposition import DecompositionAccumulator
+from ltray.train.device import Normalizer, Placement
+
+
+@dataclass
+class EvalCounts:
+    """Sums, never averages, so that ranks can add them up."""
+
+    correct: torch.Tensor
+    seen: torch.Tensor
+    loss_sum: torch.Tensor
+    decomposition: DecompositionAccumulator
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, num_classes: int) -> EvalCounts:
+        zeros = torch.zeros(num_classes, dtype=torch.float64)
+        return cls(
+            zeros.clone(),
+            zeros.clone(),
+            torch.zeros((), dtype=torch.float64),
+            DecompositionAccumulator(num_classes),
+        )
+
+    def all_reduce(self, device: torch.device) -> None:
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        tensors = {"correct": self.correct, "seen": self.seen, "loss_sum": self.loss_sum}
+        tensors.update({f"d.{k}": v for k, v in self.decomposition.state_tensors().items()})
+        reduced = {}
+        for name, tensor in tensors.items():
+            moved = tensor.to(device)
+            dist.all_reduce(moved)
+            reduced[name] = moved.cpu()
+        self.correct, self.seen = reduced["correct"], reduced["seen"]
+        self.loss_sum = reduced["loss_sum"]
+        self.decomposition.load_state_tensors(
+            {k[2:]: v for k, v in reduced.items() if k.startswith("d.")}
+        )
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    criterion: torch.nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    normalize: Normalizer,
+    placement: Placement,
+    num_classes: int,
+    max_batches: int | None = None,
+) -> EvalCounts:
+    """Top-1 counts per class, the loss, and decomposition sums over this rank's share."""
+    model.eval()
+    counts = EvalCounts.empty(num_classes)
+    for i, batch in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        images = normalize(batch["image"])
+        labels = batch["label"].to(placement.device)
+        with placement.autocast():
+            out = model(images)
+        result = criterion(out, labels, model.head)
+        predicted = criterion.predict_logits(out).float().argmax(dim=1)
+        hits = (predicted == labels).double().cpu()
+        labels_cpu = labels.cpu()
+        counts.correct.index_add_(0, labels_cpu, hits)
+        counts.seen.index_add_(0, labels_cpu, torch.ones_like(hits))
+        counts.loss_sum += result.total.detach().double().cpu() * len(labels_cpu)
+        counts.decomposition.update(
+            out.features.detach().float(), labels, model.head.weight.detach().float()
+        )
+    return counts

@@ -1,0 +1,132 @@
+"""``ltray train``: check everything that can fail early, then run the loop on Ray or locally.
+
+This is the only module that imports Ray (the loop's ``RaySession`` aside), so ``--local``
+works on machines without it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ltray.config import JobConfig
+from ltray.data import read_manifest
+from ltray.errors import LtrayError
+from ltray.tracking import check_reachable, resolve_tracking_uri
+from ltray.train.loop import ERROR_METRIC, train_loop_per_worker
+from ltray.train.storage import Storage
+
+
+def _is_local_path(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def absolutize(job: JobConfig) -> JobConfig:
+    """Relative paths are relative to where the user typed the command, not to a Ray worker's
+    working folder: make them absolute before the job leaves this process."""
+    update: dict[str, Any] = {}
+    if _is_local_path(job.data.url) and "://" not in job.data.url:
+        update["data"] = job.data.model_copy(update={"url": str(Path(job.data.url).resolve())})
+    if _is_local_path(job.storage.url) and "://" not in job.storage.url:
+        update["storage"] = job.storage.model_copy(
+            update={"url": str(Path(job.storage.url).resolve())}
+        )
+    uri = resolve_tracking_uri(job.tracking.uri)
+    if uri != job.tracking.uri:
+        update["tracking"] = job.tracking.model_copy(update={"uri": uri})
+    return job.model_copy(update=update)
+
+
+def preflight(job: JobConfig) -> None:
+    """Fail before any worker starts: unreadable data set, unwritable storage, unreachable
+    tracking server. Each error names the URL."""
+    read_manifest(job.data.url, storage_options=job.data.storage_options)
+    Storage(job.storage.url, job.storage.storage_options).check_writable()
+    if job.tracking.enabled:
+        check_reachable(job.tracking.uri)
+
+
+def run_job(job: JobConfig, *, local: bool = False, fresh: bool = False) -> dict[str, float]:
+    """Train one job to the end (resuming its last checkpoint unless ``fresh``); return the
+    final metrics."""
+    job = absolutize(job)
+    preflight(job)
+    run_name = job.run_name()
+    storage = Storage(job.storage.url, job.storage.storage_options)
+    if fresh and storage.exists(run_name):
+        storage.remove(run_name)
+    config: dict[str, Any] = {
+        "job": job.model_dump(mode="json"),
+        "run_name": run_name,
+        "local": local,
+        "fresh": fresh,
+    }
+    if local:
+        train_loop_per_worker(config)
+        return config["result"]
+    return _run_on_ray(job, config, storage)
+
+
+def _ray_init() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(include_dashboard=False)
+
+
+def _use_gpu(job: JobConfig) -> bool:
+    import ray
+
+    if job.scaling.use_gpu == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return bool(job.scaling.use_gpu)
+
+
+def _run_on_ray(job: JobConfig, config: dict[str, Any], storage: Storage) -> dict[str, float]:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    _ray_init()
+    use_gpu = _use_gpu(job)
+    scaling = job.scaling
+    storage_path, filesystem = storage.pyarrow_filesystem()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker},
+            placement_strategy=scaling.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=config["run_name"],
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.storage.keep),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise LtrayError(f"training run {config['run_name']} failed: {_root_cause(exc)}") from None
+    metrics = dict(result.metrics or {})
+    if ERROR_METRIC in metrics:
+        raise LtrayError(str(metrics[ERROR_METRIC]))
+    return metrics
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error's message, first line: what the user needs to read."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

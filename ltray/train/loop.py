@@ -1,0 +1,445 @@
+"""``train_loop_per_worker``: the one training loop, for Ray Train workers and for ``--local``.
+
+Ray appears only at the edge (``RaySession``); the epoch, the evaluation and the losses are plain
+PyTorch. Every source of randomness is explicit: model init from ``torch.manual_seed(seed)``,
+data order and augmentation from (seed, epoch, rank) inside the reader. A checkpoint holds the
+RNG state as well, so a resumed run ends where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.join import Join
+from torch.nn.parallel import DistributedDataParallel
+
+from ltray.config import JobConfig
+from ltray.data import StreamingImageDataset, make_loader, read_manifest
+from ltray.data.transforms import build_transform
+from ltray.decoupled import run_decoupled
+from ltray.errors import LtrayError
+from ltray.losses import build_loss
+from ltray.metrics import accuracy_report, class_groups
+from ltray.models import build_model
+from ltray.tracking import make_tracker
+from ltray.train.decomposition_summary import summarize_decomposition
+from ltray.train.device import Normalizer, Placement, wants_gpu
+from ltray.train.evaluate import EvalCounts, evaluate
+from ltray.train.schedule import lr_at, scaled_lr
+from ltray.train.session import LocalSession, RaySession, Session
+from ltray.train.storage import Storage
+
+ERROR_METRIC = "ltray_error"
+
+
+class NonFiniteLoss(Exception):
+    """Raised on every rank at once when the loss or gradients stop being finite."""
+
+
+class TrainModule(torch.nn.Module):
+    """Model and loss in one module, so DDP also averages the loss's own parameters (a learned
+    scale, a learned ring radius)."""
+
+    def __init__(self, model: torch.nn.Module, criterion: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor):
+        out = self.model(images)
+        return self.criterion(out, labels, self.model.head)
+
+
+@dataclass
+class Split:
+    name: str
+    rows: int
+
+
+def _device(session: Session, job: JobConfig) -> torch.device:
+    if not wants_gpu(job.scaling):
+        return torch.device("cpu")
+    return torch.device("cuda", session.local_rank % torch.cuda.device_count())
+
+
+class Trainer:
+    def __init__(
+        self, job: JobConfig, session: Session, run_name: str, fresh: bool = False
+    ) -> None:
+        self.job = job
+        self.fresh = fresh
+        self.session = session
+        self.run_name = run_name
+        self.rank, self.world = session.rank, session.world_size
+        self.distributed = dist.is_available() and dist.is_initialized() and self.world > 1
+
+        data = job.data
+        self.manifest = read_manifest(data.url, storage_options=data.storage_options)
+        self.num_classes = self.manifest.num_classes
+        if job.model.num_classes is not None and job.model.num_classes != self.num_classes:
+            raise LtrayError(
+                f"data set {data.url} has {self.num_classes} classes but model.num_classes is "
+                f"{job.model.num_classes}"
+            )
+        self.train_counts = self.manifest.class_counts(data.train_split)
+        self.groups = class_groups(self.train_counts, data.many_threshold, data.few_threshold)
+        val = data.val_split or ("val" if self.manifest.has_split("val") else data.test_split)
+        self.val_split = val
+        for split in (data.train_split, val, data.test_split):
+            if not self.manifest.has_split(split):
+                raise LtrayError(f"data set {data.url} has no split {split!r}")
+
+        torch.manual_seed(job.seed)
+        self.placement = Placement.create(_device(session, job), job.scaling, job.model)
+        self.criterion = build_loss(job.loss, self.train_counts)
+        self.model = build_model(job.model, self.num_classes, head=self.criterion.head_kind)
+        self.module = self.placement.prepare_module(TrainModule(self.model, self.criterion))
+        self.ddp: torch.nn.Module = self.module
+        if self.distributed:
+            device_ids = [self.placement.device.index] if self.placement.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.module, device_ids=device_ids)
+        self.peak_lr = scaled_lr(job.optim, self.world)
+        self.optimizer = self._optimizer()
+        self.normalize = Normalizer(self.placement, data.mean, data.std)
+        self.tracker = make_tracker(job.tracking.uri, job.tracking.experiment, self.rank)
+        self.history: list[dict[str, float]] = []
+        self.start_epoch = 0
+        self.final: dict[str, float] = {}
+
+    # --- set-up ------------------------------------------------------------------------------
+    def _optimizer(self) -> torch.optim.Optimizer:
+        optim = self.job.optim
+        groups = [
+            {"params": list(self.model.parameters()), "weight_decay": optim.weight_decay},
+            {"params": list(self.criterion.parameters()), "weight_decay": 0.0},
+        ]
+        groups = [g for g in groups if g["params"]]
+        if optim.name == "adamw":
+            return torch.optim.AdamW(groups, lr=self.peak_lr)
+        return torch.optim.SGD(
+            groups, lr=self.peak_lr, momentum=optim.momentum, nesterov=optim.nesterov
+        )
+
+    def _dataset(self, split: str, train: bool) -> StreamingImageDataset:
+        data = self.job.data
+        return StreamingImageDataset(
+            data.url,
+            split,
+            batch_size=self.job.optim.batch_size,
+            rank=self.rank,
+            world_size=self.world,
+            seed=self.job.seed,
+            shuffle=train,
+            shuffle_buffer=data.shuffle_buffer,
+            transform=build_transform(data.augment if train else "none", data.image_size, train),
+            storage_options=data.storage_options,
+            verify_sha256=data.verify_sha256,
+        )
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def state(self, epoch: int, final: dict[str, float] | None = None) -> dict[str, Any]:
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        return {
+            "epoch": epoch,
+            "stream": {"epoch": epoch + 1, "batch": 0},
+            "num_classes": self.num_classes,
+            "model": self.model.state_dict(),
+            "criterion": self.criterion.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": {},  # bf16 autocast needs no loss scaling; kept for the format's sake
+            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng},
+            "history": self.history,
+            "final": final or {},
+            "mlflow_run_id": self.tracker.run_id,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state["num_classes"] != self.num_classes:
+            raise LtrayError(
+                f"checkpoint of run {self.run_name} has {state['num_classes']} classes, "
+                f"data set {self.job.data.url} has {self.num_classes}"
+            )
+        self.history = list(state["history"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.final = dict(state["final"])
+        if self.final:
+            return  # a finished run: nothing to train, and its head may be a stage-2 head
+        self.model.load_state_dict(state["model"])
+        self.criterion.load_state_dict(state["criterion"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    # --- the epoch ---------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.ddp.train()
+        self.criterion.set_epoch(float(epoch))
+        dataset = self._dataset(self.job.data.train_split, train=True)
+        dataset.set_epoch(epoch)
+        workers = self.job.data.loader_workers
+        steps = dataset.num_batches(workers)
+        cap = self.job.schedule.max_steps_per_epoch
+        steps_for_lr = min(steps, cap) if cap else steps
+        check_every = self.job.schedule.log_every_steps
+        device = self.placement.device
+
+        term_sums: dict[str, torch.Tensor] = {}
+        seen = torch.zeros((), device=device, dtype=torch.float64)
+        bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        started = time.perf_counter()
+        joinables = [self.ddp] if self.distributed else []
+        with Join(joinables) if joinables else contextlib.nullcontext():
+            for step, batch in enumerate(make_loader(dataset, num_workers=workers)):
+                if cap is not None and step >= cap:
+                    break
+                per_step = 1.0 / max(steps_for_lr, 1)
+                lr = lr_at(epoch + (step + 1) * per_step, self.peak_lr, self.job.schedule)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self.criterion.set_epoch(epoch + step * per_step)
+                images = self.normalize(batch["image"])
+                labels = batch["label"].to(device, non_blocking=True)
+                with self.placement.autocast():
+                    result = self.ddp(images, labels)
+                self.optimizer.zero_grad(set_to_none=True)
+                result.total.backward()
+                finite = self._gradients_finite() & torch.isfinite(result.total.detach())
+                bad_step = torch.where((bad_step < 0) & ~finite, step, bad_step)
+                self.optimizer.step()
+                self.criterion.after_step(self.model)
+                n = len(labels)
+                seen += n
+                for name, value in {"total": result.total, **result.terms}.items():
+                    term_sums[name] = term_sums.get(name, 0.0) + value.detach().double() * n
+                if (step + 1) % check_every == 0 and bad_step.item() >= 0:
+                    break  # this rank stops; Join keeps the others' collectives matched
+        elapsed = time.perf_counter() - started
+
+        self._raise_if_any_rank_diverged(epoch, bad_step)
+        sums = torch.stack([seen] + [term_sums[k] for k in sorted(term_sums)]).to(device)
+        if self.distributed:
+            dist.all_reduce(sums)
+        total_seen = max(sums[0].item(), 1.0)
+        metrics = {f"train/loss_{k}": v.item() / total_seen for k, v in zip(sorted(term_sums), sums[1:])}
+        metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics["train/images_per_s"] = total_seen / max(elapsed, 1e-9)
+        metrics["train/epoch_s"] = elapsed
+        return metrics
+
+    def _gradients_finite(self) -> torch.Tensor:
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        if not grads:
+            return torch.ones((), dtype=torch.bool, device=self.placement.device)
+        norms = torch._foreach_norm(grads)
+        return torch.isfinite(torch.stack(norms).sum())
+
+    def _raise_if_any_rank_diverged(self, epoch: int, bad_step: torch.Tensor) -> None:
+        flag = torch.where(bad_step >= 0, bad_step, torch.iinfo(torch.long).max).reshape(1)
+        if self.distributed:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        first = int(flag.item())
+        if first != torch.iinfo(torch.long).max:
+            raise NonFiniteLoss(
+                f"loss or gradients became non-finite at epoch {epoch} step {first}; "
+                f"the last good checkpoint is kept (lower optim.lr or check the data)"
+            )
+
+    # --- evaluation --------------------------------------------------------------------------
+    def evaluate_split(self, split: str, prefix: str) -> tuple[dict[str, float], EvalCounts]:
+        dataset = self._dataset(split, train=False)
+        dataset.set_epoch(0)
+        loader = make_loader(dataset, num_workers=self.job.data.loader_workers)
+        counts = evaluate(
+            self.model,
+            self.criterion,
+            loader,
+            self.normalize,
+            self.placement,
+            self.num_classes,
+            max_batches=self.job.schedule.max_eval_batches,
+        )
+        counts.all_reduce(self.placement.device)
+        metrics = accuracy_report(
+            counts.correct, counts.seen, self.groups, self.manifest.classes, prefix
+        )
+        metrics[f"{prefix}/loss"] = counts.loss_sum.item() / max(counts.seen.sum().item(), 1.0)
+        if self.num_classes > 100:  # per-class numbers go to the JSON artifact instead
+            metrics = {k: v for k, v in metrics.items() if "/acc_class/" not in k}
+        return metrics, counts
+
+    def _epoch_record(self, epoch: int, train_metrics: dict[str, float]) -> tuple[dict, Any]:
+        record = {"epoch": float(epoch), **train_metrics}
+        decomposition = None
+        last = epoch == self.job.schedule.epochs - 1
+        if (epoch + 1) % self.job.schedule.eval_every == 0 or last:
+            metrics, counts = self.evaluate_split(self.val_split, "val")
+            record.update(metrics)
+            decomposition = summarize_decomposition(
+                counts.decomposition, self.model.head.weight.detach().float().cpu(),
+                self.train_counts, self.groups,
+            )
+            record.update(decomposition["metrics"])
+        return record, decomposition
+
+    # --- stage 2 (crt, lws, tau_norm) --------------------------------------------------------
+    @torch.no_grad()
+    def _features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        self.model.eval()
+        dataset = self._dataset(split, train=False)
+        dataset.set_epoch(0)
+        feats, labels = [], []
+        for batch in make_loader(dataset, num_workers=self.job.data.loader_workers):
+            with self.placement.autocast():
+                out = self.model(self.normalize(batch["image"]))
+            feats.append(out.features.float().cpu())
+            labels.append(batch["label"])
+        features = torch.cat(feats) if feats else torch.empty(0, self.model.feature_dim)
+        label_t = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+        if self.distributed:
+            gathered: list[Any] = [None] * self.world
+            dist.all_gather_object(gathered, (features, label_t))
+            features = torch.cat([g[0] for g in gathered])
+            label_t = torch.cat([g[1] for g in gathered])
+        return features, label_t
+
+    def run_stage2(self) -> dict[str, float]:
+        method = self.job.loss.name
+        train_f, train_y = self._features(self.job.data.train_split)
+        val_f, val_y = self._features(self.val_split)
+        head, info = run_decoupled(
+            method,
+            self.model.head.cpu(),
+            train_f,
+            train_y,
+            val_f,
+            val_y,
+            self.train_counts,
+            self.job.loss.decoupled,
+            seed=self.job.seed,
+        )
+        self.model.head = self.placement.prepare_module(head)
+        return {f"stage2/{k}": float(v) for k, v in info.items() if isinstance(v, int | float)}
+
+    # --- the run -----------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        state = self.session.latest_state()
+        if state is not None:
+            self.restore(state)
+        if self.final:
+            if self.rank == 0:
+                print(f"[ltray] run {self.run_name} already finished; start fresh to rerun it")
+            self.session.report(self.final, None)
+            return self.final
+        fresh = self.fresh and state is None
+        self.tracker.start(self.run_name, self.params(), self.tags(), fresh=fresh)
+        self.tracker.fill_missing(self.history)
+
+        for epoch in range(self.start_epoch, self.job.schedule.epochs):
+            train_metrics = self.train_epoch(epoch)
+            record, decomposition = self._epoch_record(epoch, train_metrics)
+            self.history.append(record)
+            due = (epoch + 1) % self.job.storage.checkpoint_every == 0
+            last = epoch == self.job.schedule.epochs - 1
+            self.session.report(record, self.state(epoch) if due or last else None)
+            self.tracker.log_epoch(epoch, {k: v for k, v in record.items() if k != "epoch"})
+            if decomposition is not None:
+                self.tracker.log_json(f"decomposition/epoch_{epoch:04d}.json", decomposition)
+            self._print_progress(record)
+
+        final: dict[str, float] = {}
+        if self.job.loss.is_decoupled:
+            final.update(self.run_stage2())
+        test_metrics, _ = self.evaluate_split(self.job.data.test_split, "test")
+        final.update(test_metrics)
+        if self.job.schedule.select_by:
+            final.update(self._selected())
+        self.session.report(final, self.state(self.job.schedule.epochs - 1, final))
+        self.tracker.log_epoch(self.job.schedule.epochs, final)
+        self.tracker.log_json("final_metrics.json", final)
+        if self.job.tracking.log_model:
+            self._log_model()
+        self.tracker.finish()
+        return final
+
+    def _selected(self) -> dict[str, float]:
+        key = self.job.schedule.select_by
+        scored = [r for r in self.history if key in r]
+        if not scored:
+            raise LtrayError(f"schedule.select_by: no epoch logged metric {key!r}")
+        best = max(scored, key=lambda r: r[key])
+        return {"selected/epoch": best["epoch"], f"selected/{key}": best[key]}
+
+    def _log_model(self) -> None:
+        example = torch.zeros(1, 3, self.job.data.image_size, self.job.data.image_size)
+        predictor = Predictor(self.model, self.criterion, self.job.data.mean, self.job.data.std)
+        self.tracker.log_model(predictor.cpu().eval(), example.numpy())
+
+    def params(self) -> dict[str, Any]:
+        from ltray.config import flatten, redact
+
+        params = flatten(redact(self.job.model_dump(mode="json")))
+        params.update({"run_name": self.run_name, "world_size": self.world, "peak_lr": self.peak_lr})
+        return params
+
+    def tags(self) -> dict[str, str]:
+        from ltray.train.provenance import git_commit
+
+        return {
+            "ltray.dataset": self.job.data.url.split("?")[0],
+            "ltray.method": self.job.loss.name,
+            "ltray.arch": self.job.model.arch,
+            "mlflow.source.git.commit": git_commit() or "unknown",
+        }
+
+    def _print_progress(self, record: dict[str, float]) -> None:
+        if self.rank != 0:
+            return
+        shown = ["train/loss_total", "val/acc", "val/acc_many", "val/acc_medium", "val/acc_few"]
+        parts = [f"{k.split('/')[-1]}={record[k]:.3f}" for k in shown if k in record]
+        rate = record.get("train/images_per_s", math.nan)
+        print(f"[ltray] epoch {int(record['epoch'])}: {' '.join(parts)} ({rate:.0f} img/s)", flush=True)
+
+
+class Predictor(torch.nn.Module):
+    """What MLflow serves: normalised float images in, prediction logits out."""
+
+    def __init__(self, model, criterion, mean, std) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.criterion.predict_logits(self.model((images - self.mean) / self.std))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Entry point: ``TorchTrainer(train_loop_per_worker, train_loop_config=config)`` or
+    ``--local``. ``config``: {"job": JobConfig as JSON, "run_name": str, "local": bool}."""
+    job = JobConfig.model_validate(config["job"])
+    run_name = config["run_name"]
+    if config.get("local"):
+        storage = Storage(job.storage.url, job.storage.storage_options)
+        session: Session = LocalSession(storage, run_name, job.storage.keep)
+    else:
+        session = RaySession()
+    trainer = Trainer(job, session, run_name, fresh=bool(config.get("fresh")))
+    try:
+        final = trainer.fit()
+    except NonFiniteLoss as exc:
+        trainer.tracker.finish("FAILED")
+        if config.get("local"):
+            raise LtrayError(str(exc)) from None
+        # reported, not raised: Ray would otherwise retry a deterministic failure max_failures times
+        session.report({ERROR_METRIC: str(exc)}, None)
+        return
+    if config.get("local"):
+        config["result"] = final

@@ -1,0 +1,103 @@
+"""Where the loop meets its runner: Ray Train, or the calling process with ``--local``.
+
+The loop sees one small interface: its rank and world size, the last checkpoint to resume from,
+and ``report(metrics, state)`` at the end of an epoch. ``RaySession`` is the only code in ltray
+that calls ``ray.train``; ``LocalSession`` writes the same checkpoint file through fsspec.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+
+from ltray.train.checkpoint import CHECKPOINT_FILE, load_state, save_state
+from ltray.train.storage import Storage
+
+
+class Session(Protocol):
+    rank: int
+    world_size: int
+    local_rank: int
+
+    def latest_state(self) -> dict[str, Any] | None: ...
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None: ...
+
+
+class LocalSession:
+    """One process, no Ray: checkpoints go to ``{storage}/{run}/local/checkpoint_EEEEEE``."""
+
+    rank = 0
+    world_size = 1
+    local_rank = 0
+
+    def __init__(self, storage: Storage, run_name: str, keep: int) -> None:
+        self.storage = storage
+        self.folder = f"{run_name}/local"
+        self.keep = keep
+
+    def _checkpoints(self) -> list[str]:
+        names = [n for n in self.storage.list(self.folder) if n.startswith("checkpoint_")]
+        complete = [n for n in names if self.storage.exists(f"{self.folder}/{n}/{CHECKPOINT_FILE}")]
+        return sorted(complete)
+
+    def latest_state(self) -> dict[str, Any] | None:
+        names = self._checkpoints()
+        if not names:
+            return None
+        data = self.storage.read_bytes(f"{self.folder}/{names[-1]}/{CHECKPOINT_FILE}")
+        return load_state(io.BytesIO(data))
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        if state is None:
+            return
+        buffer = io.BytesIO()
+        save_state(state, buffer)
+        name = f"checkpoint_{int(state['epoch']):06d}"
+        self.storage.write_bytes(f"{self.folder}/{name}/{CHECKPOINT_FILE}", buffer.getvalue())
+        for old in self._checkpoints()[: -self.keep]:
+            self.storage.remove(f"{self.folder}/{old}")
+
+
+class RaySession:
+    """Inside a Ray Train worker: Ray persists checkpoints to the run's storage and restores them
+    after a worker failure or when the same job is submitted again."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        self._train = ray.train
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.local_rank = context.get_local_rank()
+
+    def latest_state(self) -> dict[str, Any] | None:
+        checkpoint = self._train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            with open(os.path.join(folder, CHECKPOINT_FILE), "rb") as f:
+                return load_state(f)
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        if state is None or self.rank != 0:
+            self._train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            with open(os.path.join(folder, CHECKPOINT_FILE), "wb") as f:
+                save_state(state, f)
+            checkpoint = self._train.Checkpoint.from_directory(folder)
+            self._train.report(metrics, checkpoint=checkpoint)
+
+
+def torch_distributed_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+SessionFactory = Callable[[], Session]

@@ -1,0 +1,60 @@
+"""MLflow tracking against a real SQLite store: resume finds the run, epochs are logged once."""
+
+import socket
+
+import pytest
+
+from ltray.errors import LtrayError
+from ltray.tracking import MlflowTracker, check_reachable, metric_key, resolve_tracking_uri
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_relative_sqlite_uri_becomes_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+    assert resolve_tracking_uri("http://h:5000") == "http://h:5000"
+
+
+def test_unreachable_server_is_named():
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(LtrayError, match=rf"MLflow server {uri} cannot be reached"):
+        check_reachable(uri, timeout_s=2)
+
+
+def test_unwritable_sqlite_folder_is_named(tmp_path):
+    uri = f"sqlite:///{tmp_path}/missing/mlflow.db"
+    with pytest.raises(LtrayError, match="missing or not writable"):
+        check_reachable(uri)
+
+
+def test_metric_key_sanitises():
+    assert metric_key("val/acc_class/dog:1") == "val/acc_class/dog_1"
+
+
+def test_resume_continues_run_and_fills_missing_epochs(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = MlflowTracker(uri, "exp")
+    first.start("job-abc", {"loss.name": "dr", "data.storage_options": "***"}, {"t": "1"})
+    first.log_epoch(0, {"val/acc": 10.0})
+    # a crash after epoch 1's checkpoint but before its metrics were logged
+    history = [{"epoch": 0.0, "val/acc": 10.0}, {"epoch": 1.0, "val/acc": 20.0}]
+
+    again = MlflowTracker(uri, "exp")
+    again.start("job-abc", {"loss.name": "dr", "world_size": 2}, {"t": "2"})
+    assert again.run_id == first.run_id
+    again.fill_missing(history)
+    again.log_epoch(2, {"val/acc": 30.0})
+    steps = [m.step for m in again.client.get_metric_history(again.run_id, "val/acc")]
+    assert sorted(steps) == [0, 1, 2]
+    params = again.client.get_run(again.run_id).data.params
+    assert params["world_size"] == "2" and params["loss.name"] == "dr"
+
+    fresh = MlflowTracker(uri, "exp")
+    fresh.start("job-abc", {}, {}, fresh=True)
+    assert fresh.run_id != first.run_id
