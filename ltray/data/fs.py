@@ -1,0 +1,191 @@
+"""fsspec URL helpers: one way to open, list and write a path or URL (file://, s3://, memory://).
+
+Credentials travel in ``storage_options`` only. Every message built here passes through
+:func:`scrub`, which removes secret values and ``user:password@`` parts of URLs, so an error
+never prints a key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+from ltray.config import SECRET_WORDS
+from ltray.errors import LtrayError
+
+StorageOptions = Mapping[str, Any] | None
+
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_CHUNK = 1 << 20
+
+
+def redact_url(url: str) -> str:
+    """The URL without any ``user:password@`` part."""
+    return _URL_USERINFO.sub(r"\1***@", str(url))
+
+
+def _secret_values(options: Any, under_secret: bool = False) -> list[str]:
+    found: list[str] = []
+    if isinstance(options, Mapping):
+        for key, value in options.items():
+            secret = under_secret or any(w in str(key).lower() for w in SECRET_WORDS)
+            found.extend(_secret_values(value, secret))
+    elif isinstance(options, (list, tuple)):
+        for value in options:
+            found.extend(_secret_values(value, under_secret))
+    elif under_secret and isinstance(options, str) and len(options) >= 3:
+        found.append(options)
+    return found
+
+
+def scrub(text: str, storage_options: StorageOptions = None) -> str:
+    """``text`` with secret storage-option values and URL passwords replaced by '***'."""
+    text = redact_url(str(text))
+    for secret in sorted(_secret_values(storage_options or {}), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def join_url(base: str, *parts: str) -> str:
+    """``base/part/...`` for paths and URLs alike (no normalisation of the base)."""
+    out = str(base).rstrip("/")
+    for part in parts:
+        out = f"{out}/{str(part).strip('/')}"
+    return out
+
+
+def get_fs(url: str, storage_options: StorageOptions = None) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem and in-filesystem path for ``url``."""
+    try:
+        return fsspec.core.url_to_fs(str(url), **dict(storage_options or {}))
+    except ImportError as exc:
+        raise LtrayError(
+            f"{redact_url(url)}: this URL scheme needs an extra package ({exc.name or exc})"
+        ) from None
+    except (ValueError, TypeError) as exc:  # unknown protocol, bad storage options
+        raise LtrayError(f"{redact_url(url)}: {scrub(str(exc), storage_options)}") from None
+
+
+def is_local(fs: AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def is_process_local(url: str, storage_options: StorageOptions = None) -> bool:
+    """True for filesystems that other processes cannot see (memory://)."""
+    fs, _ = get_fs(url, storage_options)
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return "memory" in protocols
+
+
+@contextlib.contextmanager
+def fs_errors(what: str, storage_options: StorageOptions = None) -> Iterator[None]:
+    """Turn filesystem exceptions inside the block into one-line LtrayErrors about ``what``."""
+    try:
+        yield
+    except LtrayError:
+        raise
+    except FileNotFoundError:
+        raise LtrayError(f"{scrub(what, storage_options)}: not found") from None
+    except PermissionError as exc:
+        detail = scrub(str(exc), storage_options)
+        raise LtrayError(f"{scrub(what, storage_options)}: permission denied ({detail})") from None
+    except IsADirectoryError:
+        raise LtrayError(f"{scrub(what, storage_options)}: is a directory, not a file") from None
+    except OSError as exc:
+        detail = scrub(exc.strerror or str(exc), storage_options)
+        raise LtrayError(f"{scrub(what, storage_options)}: {_first_line(detail)}") from None
+    except Exception as exc:  # noqa: BLE001 - botocore, gcsfs, bad storage options, ...
+        detail = _first_line(scrub(str(exc), storage_options))
+        raise LtrayError(
+            f"{scrub(what, storage_options)}: {type(exc).__name__}: {detail}"
+        ) from None
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else "failed"
+
+
+def open_url(url: str, mode: str = "rb", storage_options: StorageOptions = None, **kwargs: Any):
+    """Open a path or URL with fsspec; a missing or unreadable file raises LtrayError."""
+    fs, path = get_fs(url, storage_options)
+    with fs_errors(url, storage_options):
+        return fs.open(path, mode, **kwargs)
+
+
+def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
+    fs, path = get_fs(url, storage_options)
+    with fs_errors(url, storage_options):
+        return fs.cat_file(path)
+
+
+def write_bytes(url: str, data: bytes, storage_options: StorageOptions = None) -> None:
+    """Write a whole file so that readers never see half of it.
+
+    Local files go to a temporary name and are renamed into place (atomic on POSIX); on object
+    stores a single PUT is already all-or-nothing.
+    """
+    fs, path = get_fs(url, storage_options)
+    with fs_errors(url, storage_options):
+        if is_local(fs):
+            parent = os.path.dirname(path)
+            os.makedirs(parent, exist_ok=True)
+            tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            fs.pipe_file(path, data)
+
+
+def exists(url: str, storage_options: StorageOptions = None) -> bool:
+    fs, path = get_fs(url, storage_options)
+    with fs_errors(url, storage_options):
+        return fs.exists(path)
+
+
+def file_size(url: str, storage_options: StorageOptions = None) -> int:
+    fs, path = get_fs(url, storage_options)
+    with fs_errors(url, storage_options):
+        return int(fs.size(path))
+
+
+def sha256_of(url: str, storage_options: StorageOptions = None) -> str:
+    """sha256 of a file, streamed in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open_url(url, "rb", storage_options) as f, fs_errors(url, storage_options):
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_names(url: str, storage_options: StorageOptions = None) -> list[str]:
+    """Base names directly under a directory URL; [] if it does not exist."""
+    fs, path = get_fs(url, storage_options)
+    with fs_errors(url, storage_options):
+        if not fs.exists(path):
+            return []
+        return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+
+
+def remove(url: str, storage_options: StorageOptions = None, recursive: bool = False) -> None:
+    """Delete a file (or a tree when recursive); a missing one is not an error."""
+    fs, path = get_fs(url, storage_options)
+    with fs_errors(url, storage_options):
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+
+
+def local_path(url: str, storage_options: StorageOptions = None) -> str | None:
+    """The OS path of a local URL, or None for remote ones."""
+    fs, path = get_fs(url, storage_options)
+    return path if is_local(fs) else None

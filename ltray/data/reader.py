@@ -1,0 +1,390 @@
+"""The streaming reader training uses: whole collated batches in an exact, resumable order.
+
+``StreamingImageDataset`` is a torch IterableDataset that yields batches itself, so that the
+order of batches a rank sees is the pure function of :mod:`ltray.data.order`. Each worker
+reads only the row groups of its own rows, shard by shard through fsspec + pyarrow, one row
+group ahead of decoding, checks each shard's size against the manifest (and its sha256 when
+asked), decodes JPEG/PNG with torchvision.io and applies the transform with a generator seeded
+from (seed, epoch, rank, global batch index). It never loads a whole split into memory: a
+worker holds at most its shuffle buffer plus two row groups.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ltray.data import fs, order, partition
+from ltray.data.decode import decode_rgb
+from ltray.data.fs import StorageOptions
+from ltray.data.manifest import Manifest, ShardInfo, read_manifest
+from ltray.data.transforms import Transform
+from ltray.errors import LtrayError
+
+COLUMNS = ["image", "label", "id"]
+_OPEN_SHARDS = 4
+
+
+def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
+    """Seed of the augmentation generator of one batch (independent of workers and resumes)."""
+    state = np.random.SeedSequence([seed, epoch, rank, batch]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+class ShardReader:
+    """Reads row groups of one split's shards, checking each shard against the manifest once."""
+
+    def __init__(
+        self,
+        root: str,
+        shards: list[ShardInfo],
+        storage_options: StorageOptions,
+        verify_sha256: bool,
+    ) -> None:
+        self.root = root
+        self.shards = shards
+        self.storage_options = dict(storage_options or {})
+        self.verify_sha256 = verify_sha256
+        self._checked: set[int] = set()
+        self._metadata: dict[int, pq.FileMetaData] = {}
+        self._open: collections.OrderedDict[int, tuple[Any, pq.ParquetFile]] = (
+            collections.OrderedDict()
+        )
+
+    def url(self, shard: int) -> str:
+        return fs.join_url(self.root, self.shards[shard].path)
+
+    def check(self, shard: int) -> None:
+        """Size (always) and sha256 (when asked) against the manifest, once per shard."""
+        if shard in self._checked:
+            return
+        info = self.shards[shard]
+        url = self.url(shard)
+        if not fs.exists(url, self.storage_options):
+            raise LtrayError(f"shard {info.path} is missing from {fs.redact_url(self.root)}")
+        size = fs.file_size(url, self.storage_options)
+        if size != info.bytes:
+            raise LtrayError(
+                f"shard {info.path}: {size} bytes, the manifest says {info.bytes} "
+                "(truncated or replaced)"
+            )
+        if self.verify_sha256 and fs.sha256_of(url, self.storage_options) != info.sha256:
+            raise LtrayError(
+                f"shard {info.path}: sha256 differs from the manifest (corrupt or replaced)"
+            )
+        self._checked.add(shard)
+
+    def _parquet(self, shard: int) -> pq.ParquetFile:
+        if shard in self._open:
+            self._open.move_to_end(shard)
+            return self._open[shard][1]
+        self.check(shard)
+        handle = fs.open_url(self.url(shard), "rb", self.storage_options)
+        try:
+            parquet = pq.ParquetFile(handle, metadata=self._metadata.get(shard))
+        except (pa.ArrowException, OSError) as exc:
+            handle.close()
+            raise LtrayError(
+                f"shard {self.shards[shard].path}: not readable Parquet ({exc})"
+            ) from None
+        self._metadata[shard] = parquet.metadata
+        self._open[shard] = (handle, parquet)
+        if len(self._open) > _OPEN_SHARDS:
+            old_handle, _ = self._open.popitem(last=False)[1]
+            old_handle.close()
+        return parquet
+
+    def read_group(self, shard: int, group: int) -> tuple[list[bytes], list[int], list[str]]:
+        """(images, labels, ids) of one row group."""
+        info = self.shards[shard]
+        parquet = self._parquet(shard)
+        try:
+            table = parquet.read_row_group(group, columns=COLUMNS)
+        except (pa.ArrowException, OSError, IndexError) as exc:
+            raise LtrayError(f"shard {info.path}: cannot read row group {group} ({exc})") from None
+        if table.num_rows != info.row_groups[group]:
+            raise LtrayError(
+                f"shard {info.path}: row group {group} has {table.num_rows} rows, "
+                f"the manifest says {info.row_groups[group]}"
+            )
+        return (
+            table.column("image").to_pylist(),
+            table.column("label").to_pylist(),
+            table.column("id").to_pylist(),
+        )
+
+    def close(self) -> None:
+        for handle, _ in self._open.values():
+            handle.close()
+        self._open.clear()
+
+
+@dataclass(frozen=True)
+class _UnitRead:
+    """One row group to read, and which of its rows (local and global index) are wanted."""
+
+    shard: int
+    group: int
+    local: np.ndarray
+    rows: np.ndarray
+
+
+def _ready_after(batches: list[np.ndarray], reads: list[_UnitRead]) -> np.ndarray:
+    """For each batch, the position in ``reads`` after which all its rows have arrived."""
+    arrived = np.concatenate([r.rows for r in reads])
+    when = np.concatenate([np.full(len(r.rows), k) for k, r in enumerate(reads)])
+    by_row = np.argsort(arrived)
+    sorted_rows = arrived[by_row]
+    out = np.empty(len(batches), dtype=np.int64)
+    for b, rows in enumerate(batches):
+        out[b] = when[by_row[np.searchsorted(sorted_rows, rows)]].max()
+    return out
+
+
+def _read_ahead(reader: ShardReader, units: list[tuple[int, int]]) -> Iterator[tuple]:
+    """Read row groups in order, the next one in a thread while the caller decodes this one."""
+    if not units:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ltray-read") as pool:
+        pending: collections.deque[Future] = collections.deque()
+        for unit in units:
+            pending.append(pool.submit(reader.read_group, *unit))
+            if len(pending) > 1:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+class StreamingImageDataset(IterableDataset):
+    """Batches of one split of a prepared data set; see :mod:`ltray.data.order` for the order.
+
+    Each item is a dict: ``image`` uint8 [B, 3, H, W] (H = W = the transform's size; without a
+    transform all images of a batch must share a size), ``label`` int64 [B], ``index`` int64
+    [B] (global row index in the split). With ``decode=False`` ``image`` is the list of encoded
+    bytes instead (for benchmarks of the streaming path alone).
+
+    The rank's batch count may differ from another rank's by one (row stretches differ by at
+    most one row); ``drop_last=True`` gives every rank the same number of full batches.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        split: str,
+        *,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        shuffle_buffer: int = 8192,
+        transform: Transform | None = None,
+        storage_options: StorageOptions = None,
+        verify_sha256: bool = False,
+        drop_last: bool = False,
+        decode: bool = True,
+        manifest: Manifest | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise LtrayError(f"batch_size must be at least 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise LtrayError(f"rank {rank} is not in [0, world_size={world_size})")
+        if shuffle_buffer < 1:
+            raise LtrayError(f"shuffle_buffer must be at least 1, got {shuffle_buffer}")
+        self.url = str(url)
+        self.split = split
+        self.storage_options = dict(storage_options or {})
+        self.manifest = manifest or read_manifest(self.url, self.storage_options)
+        self.shards = self.manifest.shards(split)
+        for shard in self.shards:
+            if sum(shard.row_groups) != shard.rows:
+                raise LtrayError(f"manifest: shard {shard.path}: row groups do not sum to its rows")
+        self.row_groups = [list(s.row_groups) for s in self.shards]
+        self.num_rows = sum(s.rows for s in self.shards)
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.transform = transform
+        self.verify_sha256 = verify_sha256
+        self.drop_last = drop_last
+        self.decode = decode
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch; ``start_batch`` resumes it after that many batches of this rank."""
+        if epoch < 0 or start_batch < 0:
+            raise LtrayError(f"epoch and start_batch must be >= 0, got {epoch}, {start_batch}")
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def num_batches(self, num_workers: int = 0) -> int:
+        """Batches this rank yields in a whole epoch (the same for any ``num_workers``)."""
+        if num_workers < 0:
+            raise LtrayError(f"num_workers must be >= 0, got {num_workers}")
+        start, stop = partition.rank_rows(
+            self.num_rows, self.rank, self.world_size, self.batch_size, self.drop_last
+        )
+        return partition.num_batches(stop - start, self.batch_size)
+
+    def plan(self, num_workers: int, worker: int) -> order.WorkerPlan:
+        """The batches physical ``worker`` of ``num_workers`` yields this epoch."""
+        return order.plan_worker(
+            self.row_groups,
+            seed=self.seed,
+            epoch=self.epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            num_workers=max(1, num_workers),
+            worker=worker,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            shuffle_buffer=self.shuffle_buffer,
+            drop_last=self.drop_last,
+            start_batch=self.start_batch,
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        num_workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        plan = self.plan(num_workers, worker)
+        reader = ShardReader(self.url, self.shards, self.storage_options, self.verify_sha256)
+        try:
+            yield from self._batches(plan, reader)
+        finally:
+            reader.close()
+
+    def _reads(self, plan: order.WorkerPlan, needed: np.ndarray) -> list[_UnitRead]:
+        """The row groups holding needed rows, in the worker's read order, with those rows."""
+        units = order.units_of(self.row_groups)
+        rows = plan.rows[np.isin(plan.rows, needed)]
+        unit_ids = np.searchsorted(units.offset, rows, side="right") - 1
+        if len(rows) == 0:
+            return []
+        cuts = np.flatnonzero(np.diff(unit_ids)) + 1
+        reads = []
+        for unit_rows in np.split(rows, cuts):
+            u = int(np.searchsorted(units.offset, unit_rows[0], side="right") - 1)
+            local = unit_rows - units.offset[u]
+            reads.append(_UnitRead(int(units.shard[u]), int(units.group[u]), local, unit_rows))
+        return reads
+
+    def _batches(self, plan: order.WorkerPlan, reader: ShardReader) -> Iterator[dict[str, Any]]:
+        batches = plan.batches[plan.first :]
+        batch_ids = plan.batch_ids[plan.first :]
+        if not batches:
+            return
+        reads = self._reads(plan, np.concatenate(batches))
+        ready_after = _ready_after(batches, reads)
+        held: dict[int, tuple[bytes, int, str, int]] = {}
+        next_batch = 0
+        groups = [(r.shard, r.group) for r in reads]
+        for k, (read, (images, labels, ids)) in enumerate(
+            zip(reads, _read_ahead(reader, groups), strict=True)
+        ):
+            for i, row in zip(read.local.tolist(), read.rows.tolist(), strict=True):
+                held[row] = (images[i], labels[i], ids[i], read.shard)
+            while next_batch < len(batches) and ready_after[next_batch] <= k:
+                yield self._collate(batches[next_batch], batch_ids[next_batch], held)
+                next_batch += 1
+        assert next_batch == len(batches), "a planned batch was never completed"
+
+    def _collate(self, rows: np.ndarray, batch_id: int, held: dict) -> dict[str, Any]:
+        entries = [held.pop(int(r)) for r in rows]
+        labels = torch.tensor([e[1] for e in entries], dtype=torch.int64)
+        index = torch.from_numpy(np.asarray(rows, dtype=np.int64).copy())
+        if not self.decode:
+            return {"image": [e[0] for e in entries], "label": labels, "index": index}
+        generator = torch.Generator()
+        generator.manual_seed(batch_seed(self.seed, self.epoch, self.rank, batch_id))
+        images = []
+        for data, _, row_id, shard in entries:
+            try:
+                image = decode_rgb(data)
+            except ValueError as exc:
+                path = self.shards[shard].path
+                raise LtrayError(
+                    f"shard {path}: row {row_id!r}: image does not decode ({exc})"
+                ) from None
+            images.append(self.transform(image, generator) if self.transform else image)
+        if len({tuple(im.shape) for im in images}) > 1:
+            raise LtrayError(
+                f"split {self.split!r}: images of different sizes in one batch "
+                f"(e.g. row {entries[0][2]!r}); pass a transform that resizes"
+            )
+        return {"image": torch.stack(images), "label": labels, "index": index}
+
+
+def _worker_message(exc: LtrayError) -> str:
+    """The original one-line message of an LtrayError re-raised from a loader worker."""
+    prefix = f"{LtrayError.__module__}.{LtrayError.__qualname__}: "
+    for line in reversed(str(exc).splitlines()):
+        if line.startswith(prefix):
+            return line[len(prefix) :]
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else "data loader failed"
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose worker errors come back as the worker's one-line LtrayError."""
+
+    def __iter__(self):  # noqa: D105
+        iterator = super().__iter__()
+        try:
+            yield from iterator
+        except LtrayError as exc:
+            raise LtrayError(_worker_message(exc)) from None
+        finally:
+            # stop the workers now (after an error or a break), not whenever the iterator is
+            # collected: a late collection can stall for seconds joining them
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+
+def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    """The dataset collates its own batches; DataLoader's default would walk every element."""
+    return batch
+
+
+def make_loader(
+    dataset: StreamingImageDataset,
+    num_workers: int = 2,
+    prefetch_factor: int = 2,
+    pin_memory: bool = False,
+    multiprocessing_context: Any = None,
+) -> DataLoader:
+    """A DataLoader(batch_size=None) over the dataset's own batches.
+
+    Workers are not persistent: each epoch forks them afresh with the dataset's current
+    epoch and start batch (set_epoch before iterating). Resuming needs the same num_workers.
+    """
+    if num_workers < 0:
+        raise LtrayError(f"num_workers must be >= 0, got {num_workers}")
+    extra: dict[str, Any] = {}
+    if num_workers > 0:
+        extra = {
+            "prefetch_factor": prefetch_factor,
+            "multiprocessing_context": multiprocessing_context,
+        }
+    return _Loader(
+        dataset,
+        batch_size=None,
+        collate_fn=_as_is,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        **extra,
+    )

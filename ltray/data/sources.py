@@ -1,0 +1,270 @@
+"""Sources of ``ltray prepare``: each lists its items and picks the long-tailed subset.
+
+A source returns a :class:`SourcePlan` (classes in label order, each split's items, the
+profile, and the parameters that define the data set); it reads no image bytes. The worker
+processes of :mod:`ltray.data.prepare` read, validate and write them. Here: image folders,
+CIFAR (archive, folder or pickles) and the synthetic set; ImageNet-LT and iNaturalist, which
+come with list and annotation files, are in :mod:`ltray.data.listed`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ltray.data import fs
+from ltray.data.fs import StorageOptions
+from ltray.data.items import ArrayRef, Item, SyntheticRef, load_pickle
+from ltray.data.profiles import long_tail_counts
+from ltray.data.synthetic import FORMATS
+from ltray.data.trees import ClassTree, list_tree, split_classes
+from ltray.errors import LtrayError
+
+CIFAR = {"cifar10": (10, 5000), "cifar100": (100, 500)}
+
+
+@dataclass
+class SourcePlan:
+    """What a prepare will write: every split's items (train already long-tailed)."""
+
+    kind: str
+    classes: list[str]
+    splits: dict[str, list[Item]]
+    profile: dict[str, Any]  # name, imbalance, n_max, seed (the request; counts come later)
+    params: dict[str, Any] = field(default_factory=dict)  # defines the data set; no secrets
+    origin: dict[str, Any] = field(default_factory=dict)  # where it was read (redacted URLs)
+
+
+def flatten(per_class: list[list[Item]]) -> list[Item]:
+    """Class 0's items, then class 1's, ... (the source order a split is written in)."""
+    return [item for items in per_class for item in items]
+
+
+def select_long_tail(
+    per_class: list[list[Item]], profile: str, imbalance: float, n_max: int | None = None
+) -> tuple[list[list[Item]], dict[str, Any]]:
+    """Keep the first n_c items of class c (in file-name order) under the named profile.
+
+    n_max defaults to the largest class; a class with fewer than n_c items keeps what it has.
+    """
+    available = [len(items) for items in per_class]
+    n_max = n_max or max(available)
+    targets = long_tail_counts(profile, n_max, len(per_class), imbalance)
+    kept = [items[: min(n, len(items))] for items, n in zip(per_class, targets, strict=True)]
+    return kept, {"name": profile, "imbalance": float(imbalance), "n_max": int(n_max)}
+
+
+def carve_val(
+    per_class: list[list[Item]], fraction: float, seed: int
+) -> tuple[list[list[Item]], list[list[Item]]]:
+    """Move a seeded, per-class fraction of the items to a val split: (train, val).
+
+    Each class gives round(fraction * n) items, at least one while it keeps one for train.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise LtrayError(f"--val-fraction must be in (0, 1), got {fraction}")
+    train, val = [], []
+    for label, items in enumerate(per_class):
+        take = min(max(1, round(fraction * len(items))), len(items) - 1)
+        picked = set(np.random.default_rng([seed, label]).permutation(len(items))[:take].tolist())
+        val.append([it for i, it in enumerate(items) if i in picked])
+        train.append([it for i, it in enumerate(items) if i not in picked])
+    return train, val
+
+
+def _tree_plan(
+    kind: str,
+    tree: ClassTree,
+    imbalance: float | None,
+    profile: str,
+    seed: int,
+    n_max: int | None = None,
+    val_fraction: float | None = None,
+) -> SourcePlan:
+    splits = dict(tree.splits)
+    if val_fraction is not None:
+        if "val" in splits:
+            raise LtrayError("--val-fraction: the source already has a val/ split")
+        splits["train"], splits["val"] = carve_val(splits["train"], val_fraction, seed)
+    if imbalance is not None:
+        splits["train"], prof = select_long_tail(splits["train"], profile, imbalance, n_max)
+    else:
+        prof = {"name": "none", "imbalance": None, "n_max": max(map(len, splits["train"]))}
+    prof["seed"] = seed
+    ordered = {s: flatten(splits[s]) for s in ("train", "val", "test") if s in splits}
+    params = {
+        "imbalance": imbalance,
+        "profile": profile,
+        "seed": seed,
+        "val_fraction": val_fraction,
+    }
+    return SourcePlan(kind, tree.classes, ordered, prof, params)
+
+
+def imagefolder(
+    src: str,
+    scratch: str,
+    *,
+    imbalance: float | None = None,
+    profile: str = "exp",
+    val_fraction: float | None = None,
+    seed: int = 0,
+    storage_options: StorageOptions = None,
+) -> SourcePlan:
+    """A class-per-folder tree or a .tar/.tar.gz of one (split folders train/val/test optional)."""
+    tree = split_classes(list_tree(src, scratch, storage_options), src)
+    plan = _tree_plan("imagefolder", tree, imbalance, profile, seed, None, val_fraction)
+    plan.origin = {"src": fs.redact_url(src)}
+    return plan
+
+
+# --- CIFAR ---------------------------------------------------------------------------------
+
+
+def _find_cifar_pickles(src: str, storage_options: StorageOptions) -> tuple[str, str] | None:
+    """(folder, 'cifar10'|'cifar100') if ``src`` is or holds a torchvision CIFAR copy."""
+    for folder in (
+        src,
+        fs.join_url(src, "cifar-10-batches-py"),
+        fs.join_url(src, "cifar-100-python"),
+    ):
+        names = set(fs.list_names(folder, storage_options))
+        if {"data_batch_1", "batches.meta", "test_batch"} <= names:
+            return folder, "cifar10"
+        if {"train", "test", "meta"} <= names:
+            return folder, "cifar100"
+    return None
+
+
+def _cifar_pickle_split(
+    folder: str, files: list[str], label_key: str, storage_options: StorageOptions, n: int
+) -> list[list[Item]]:
+    per_class: list[list[Item]] = [[] for _ in range(n)]
+    for name in files:
+        path = fs.join_url(folder, name)
+        try:
+            labels = load_pickle(path, storage_options)[label_key]
+        except (KeyError, EOFError, ValueError, TypeError) as exc:
+            raise LtrayError(f"{fs.redact_url(path)}: not a CIFAR pickle ({exc})") from None
+        for i, label in enumerate(labels):
+            if not 0 <= int(label) < n:
+                raise LtrayError(
+                    f"{fs.redact_url(path)}: image {i} has label {label}, not in [0, {n})"
+                )
+            per_class[int(label)].append(
+                Item(f"{name}/{i:05d}", int(label), ArrayRef(path, i), 2500)
+            )
+    return per_class
+
+
+def _cifar_from_pickles(folder: str, dataset: str, storage_options: StorageOptions) -> ClassTree:
+    if dataset == "cifar10":
+        meta = load_pickle(fs.join_url(folder, "batches.meta"), storage_options)
+        classes = list(meta["label_names"])
+        train_files = [f"data_batch_{i}" for i in range(1, 6)]
+        test_files, key = ["test_batch"], "labels"
+    else:
+        meta = load_pickle(fs.join_url(folder, "meta"), storage_options)
+        classes = list(meta["fine_label_names"])
+        train_files, test_files, key = ["train"], ["test"], "fine_labels"
+    n = len(classes)
+    splits = {
+        "train": _cifar_pickle_split(folder, train_files, key, storage_options, n),
+        "test": _cifar_pickle_split(folder, test_files, key, storage_options, n),
+    }
+    return ClassTree(classes, splits, folder)
+
+
+def cifar_lt(
+    src: str,
+    scratch: str,
+    *,
+    imbalance: float,
+    dataset: str = "cifar10",
+    profile: str = "exp",
+    seed: int = 0,
+    storage_options: StorageOptions = None,
+) -> SourcePlan:
+    """CIFAR-10/100-LT from the image-folder archive, an extracted folder, or the pickles."""
+    if dataset not in CIFAR:
+        raise LtrayError(f"--dataset must be one of {', '.join(CIFAR)}, got {dataset!r}")
+    num_classes, n_max = CIFAR[dataset]
+    if not fs.exists(src, storage_options):
+        raise LtrayError(f"{fs.redact_url(src)}: not found")
+    found = (
+        None
+        if str(src).lower().endswith((".tar", ".gz", ".tgz"))
+        else _find_cifar_pickles(src, storage_options)
+    )
+    if found is not None:
+        folder, kind = found
+        if kind != dataset:
+            raise LtrayError(f"{fs.redact_url(src)} holds {kind}, but --dataset is {dataset}")
+        tree = _cifar_from_pickles(folder, dataset, storage_options)
+    else:
+        tree = split_classes(list_tree(src, scratch, storage_options), src)
+    if len(tree.classes) != num_classes:
+        raise LtrayError(
+            f"{fs.redact_url(src)}: has {len(tree.classes)} classes; {dataset} has {num_classes}"
+        )
+    if "test" not in tree.splits:
+        raise LtrayError(f"{fs.redact_url(src)}: no test split (expected train/ and test/)")
+    plan = _tree_plan("cifar-lt", tree, imbalance, profile, seed, n_max)
+    plan.params["dataset"] = dataset
+    plan.origin = {"src": fs.redact_url(src)}
+    return plan
+
+
+# --- synthetic -----------------------------------------------------------------------------
+
+
+def synthetic(
+    *,
+    classes: int = 10,
+    n_max: int = 200,
+    imbalance: float = 10.0,
+    profile: str = "exp",
+    image_size: int = 32,
+    test_per_class: int = 50,
+    seed: int = 0,
+    fmt: str = "jpeg",
+) -> SourcePlan:
+    """A generated long-tailed set: striped class patterns (see ltray.data.synthetic)."""
+    if classes < 2:
+        raise LtrayError(f"--classes must be at least 2, got {classes}")
+    if not 8 <= image_size <= 1024:
+        raise LtrayError(f"--image-size must be in [8, 1024], got {image_size}")
+    if test_per_class < 0:
+        raise LtrayError(f"--test-per-class must be >= 0, got {test_per_class}")
+    if fmt not in FORMATS:
+        raise LtrayError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    counts = long_tail_counts(profile, n_max, classes, imbalance)
+    names = [f"class_{c:0{len(str(classes - 1))}d}" for c in range(classes)]
+    est = image_size * image_size // 3
+
+    def items(split: str, per_class: list[int]) -> list[Item]:
+        return [
+            Item(
+                f"synthetic/{split}/{names[c]}/{i:06d}",
+                c,
+                SyntheticRef(seed, split, c, i, classes, image_size, fmt),
+                est,
+            )
+            for c, n in enumerate(per_class)
+            for i in range(n)
+        ]
+
+    splits = {"train": items("train", counts)}
+    if test_per_class:
+        splits["test"] = items("test", [test_per_class] * classes)
+    prof = {"name": profile, "imbalance": float(imbalance), "n_max": n_max, "seed": seed}
+    params = {
+        "classes": classes,
+        "image_size": image_size,
+        "test_per_class": test_per_class,
+        "format": fmt,
+        **prof,
+    }
+    return SourcePlan("synthetic", names, splits, prof, params)

@@ -1,0 +1,131 @@
+"""One prepare task = one shard: read its items, validate every image, write the shard, then
+a marker ``OUT/_prepare/<split>-part-NNNNN.json`` (rows, bytes, sha256, class counts, bad
+items). Runs in a worker process; the marker is what lets an interrupted prepare resume.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ltray.data import fs
+from ltray.data.decode import check_image
+from ltray.data.items import Item, read_item
+from ltray.data.manifest import PROGRESS_DIR, ShardInfo
+from ltray.data.writer import ShardLayout, encode_shard, sha256_hex, shard_path
+from ltray.errors import LtrayError
+
+
+@dataclass
+class ShardTask:
+    split: str
+    index: int
+    items: list[Item]
+    out: str
+    num_classes: int
+    layout: ShardLayout
+    validate: str
+    fingerprint: str
+    storage_options: dict[str, Any]
+    nbytes: int = 0  # estimated image bytes
+
+    @property
+    def path(self) -> str:
+        return shard_path(self.split, self.index)
+
+
+@dataclass
+class ShardResult:
+    split: str
+    index: int
+    info: ShardInfo
+    class_counts: list[int]
+    bad: list[dict[str, str]]  # {"id", "reason"}
+    reused: bool = False
+
+
+_progress_queue: Any = None  # set in each worker process by the pool initializer
+
+
+def init_worker(progress_queue: Any) -> None:
+    global _progress_queue
+    _progress_queue = progress_queue
+
+
+def _report_progress(n: int) -> None:
+    if _progress_queue is not None and n:
+        _progress_queue.put(n)
+
+
+def marker_url(out: str, split: str, index: int) -> str:
+    return fs.join_url(out, PROGRESS_DIR, f"{split}-part-{index:05d}.json")
+
+
+def run_shard_task(task: ShardTask, report: Callable[[int], None] | None = None) -> ShardResult:
+    """Read, validate and write one shard, then its progress marker. Runs in a worker."""
+    report = report or _report_progress
+    images: list[bytes] = []
+    labels: list[int] = []
+    ids: list[str] = []
+    bad: list[dict[str, str]] = []
+    counts = [0] * task.num_classes
+    pending = 0
+    for item in task.items:
+        try:
+            data = read_item(item, task.storage_options)
+            reason = check_image(data, task.validate)
+        except Exception as exc:  # noqa: BLE001 - one bad item must not stop the prepare
+            detail = fs.scrub(str(exc), task.storage_options).strip().splitlines()
+            reason = f"unreadable: {detail[0] if detail else type(exc).__name__}"
+        if reason is None:
+            images.append(data)
+            labels.append(item.label)
+            ids.append(item.id)
+            counts[item.label] += 1
+        else:
+            bad.append({"id": item.id, "reason": reason})
+        pending += 1
+        if pending >= 64:
+            report(pending)
+            pending = 0
+    report(pending)
+    blob, groups = encode_shard(images, labels, ids, task.layout)
+    info = ShardInfo(task.path, len(images), len(blob), sha256_hex(blob), tuple(groups))
+    fs.write_bytes(fs.join_url(task.out, task.path), blob, task.storage_options)
+    result = ShardResult(task.split, task.index, info, counts, bad)
+    marker = {
+        "fingerprint": task.fingerprint,
+        "shard": info.to_json(),
+        "class_counts": counts,
+        "bad": bad,
+    }
+    fs.write_bytes(
+        marker_url(task.out, task.split, task.index),
+        json.dumps(marker).encode(),
+        task.storage_options,
+    )
+    return result
+
+
+def finished_shard(task: ShardTask) -> ShardResult | None:
+    """The result of a shard an earlier run finished, if its marker and file still agree."""
+    opts = task.storage_options
+    marker_at = marker_url(task.out, task.split, task.index)
+    if not fs.exists(marker_at, opts):
+        return None
+    try:
+        marker = json.loads(fs.read_bytes(marker_at, opts))
+        info = ShardInfo.from_json(marker["shard"])
+        if marker["fingerprint"] != task.fingerprint or info.path != task.path:
+            return None
+        shard_url = fs.join_url(task.out, task.path)
+        if not fs.exists(shard_url, opts) or fs.file_size(shard_url, opts) != info.bytes:
+            return None
+        if fs.sha256_of(shard_url, opts) != info.sha256:
+            return None
+        counts = [int(n) for n in marker["class_counts"]]
+        return ShardResult(task.split, task.index, info, counts, list(marker["bad"]), reused=True)
+    except (KeyError, TypeError, ValueError, LtrayError):
+        return None

@@ -1,0 +1,58 @@
+import os
+
+import pytest
+
+from ltray.data import fs
+from ltray.errors import LtrayError
+
+OPTS = {
+    "key": "AKIAEXAMPLEKEY",
+    "secret": "s3cr3t-value",
+    "client_kwargs": {"endpoint_url": "http://h:1"},
+}
+
+
+def test_scrub_removes_secrets_and_url_passwords():
+    text = "failed s3://AKIAEXAMPLEKEY:s3cr3t-value@bucket/x with key AKIAEXAMPLEKEY"
+    out = fs.scrub(text, OPTS)
+    assert "AKIAEXAMPLEKEY" not in out and "s3cr3t-value" not in out
+    assert "http://h:1" in fs.scrub("endpoint http://h:1", OPTS)  # not a secret
+    assert fs.redact_url("https://user:pw@host/p") == "https://***@host/p"
+
+
+def test_join_url():
+    assert (
+        fs.join_url("s3://b/root/", "train", "/part-0.parquet")
+        == "s3://b/root/train/part-0.parquet"
+    )
+    assert fs.join_url("/tmp/x", "a") == "/tmp/x/a"
+
+
+def test_write_bytes_is_atomic_locally(tmp_path):
+    target = tmp_path / "sub" / "f.json"
+    fs.write_bytes(str(target), b"one")
+    fs.write_bytes(str(target), b"two")
+    assert target.read_bytes() == b"two"
+    assert os.listdir(target.parent) == ["f.json"]  # no temporary left behind
+
+
+def test_memory_round_trip_and_listing():
+    url = "memory://ltray-test-fs/dir"
+    fs.write_bytes(url + "/a.bin", b"abc")
+    assert fs.read_bytes(url + "/a.bin") == b"abc"
+    assert fs.file_size(url + "/a.bin") == 3
+    assert fs.list_names(url) == ["a.bin"]
+    assert (
+        fs.sha256_of(url + "/a.bin")
+        == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
+    fs.remove(url, recursive=True)
+    assert not fs.exists(url + "/a.bin")
+    assert fs.is_process_local(url) and not fs.is_process_local("/tmp")
+
+
+def test_errors_are_one_line_and_name_the_file(tmp_path):
+    with pytest.raises(LtrayError, match=r"missing\.bin: not found"):
+        fs.read_bytes(str(tmp_path / "missing.bin"))
+    with pytest.raises(LtrayError, match="zzz"):
+        fs.get_fs("zzz://bucket/x")

@@ -1,0 +1,101 @@
+"""s3:// against a real S3-compatible HTTP server (moto's) on 127.0.0.1, credentials passed only
+through fsspec storage_options; they must never reach the manifest, a message or the CLI output."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ltray.cli_prepare import app
+from ltray.data import StreamingImageDataset, fs, make_loader, read_manifest
+from ltray.errors import LtrayError
+
+KEY = "LTRAYTESTKEYAKIA7Q3Z"
+SECRET = "ltray-test-secret-9f8e7d6c5b4a"
+BUCKET = "ltray-test"
+
+
+@pytest.fixture(scope="module")
+def s3_options():
+    s3fs = pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {
+        "key": KEY,
+        "secret": SECRET,
+        "client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
+    }
+    s3fs.S3FileSystem(**options).mkdir(BUCKET)
+    yield options
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+def _no_secrets(text):
+    assert KEY not in text and SECRET not in text
+
+
+def test_prepare_to_s3_and_stream_back(s3_options, tmp_path, make_tree):
+    src = make_tree(tmp_path / "src", {"train": {"a": 7, "b": 5}, "test": {"a": 2, "b": 2}})
+    filesystem, _ = fs.get_fs(f"s3://{BUCKET}", s3_options)
+    filesystem.put(str(src), f"{BUCKET}/src", recursive=True)  # SRC on S3 too
+    out = f"s3://{BUCKET}/datasets/small"
+    args = ["imagefolder", f"s3://{BUCKET}/src", out, "--shard-rows", "5", "--row-group-rows", "2"]
+    result = CliRunner().invoke(app, [*args, "--storage-options", json.dumps(s3_options)])
+    assert result.exit_code == 0, result.output
+    _no_secrets(result.stdout + result.stderr)
+    assert "train 12 rows in 3 shard(s)" in result.stdout
+
+    raw = fs.read_bytes(f"{out}/manifest.json", s3_options).decode()
+    _no_secrets(raw)
+    m = read_manifest(out, s3_options)
+    assert m.class_counts("train") == [7, 5] and m.num_rows("test") == 4
+    for workers in (0, 2):
+        ds = StreamingImageDataset(
+            out, "train", batch_size=4, storage_options=s3_options, verify_sha256=True
+        )
+        batches = list(make_loader(ds, num_workers=workers))
+        assert sorted(i for b in batches for i in b["index"].tolist()) == list(range(12))
+        assert batches[0]["image"].shape == (4, 3, 12, 12)
+
+    again = CliRunner().invoke(app, [*args, "--storage-options", json.dumps(s3_options)])
+    assert again.exit_code == 0 and "nothing to do" in again.stdout
+
+
+def test_s3_errors_carry_no_credentials(s3_options, tmp_path):
+    with pytest.raises(LtrayError) as info:
+        read_manifest(f"s3://{BUCKET}/no/such/dataset", s3_options)
+    assert "does not exist" in str(info.value)
+    _no_secrets(str(info.value))
+    url = f"s3://{KEY}:{SECRET}@{BUCKET}/nowhere"
+    with pytest.raises(LtrayError) as info:
+        read_manifest(url, s3_options)
+    _no_secrets(str(info.value))
+    bad = dict(s3_options, secret=SECRET + "-wrong")
+    result = CliRunner().invoke(
+        app,
+        [
+            "imagefolder",
+            f"s3://{BUCKET}/src-missing",
+            f"s3://{BUCKET}/x",
+            "--storage-options",
+            json.dumps(bad),
+        ],
+    )
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    _no_secrets(result.stdout + result.stderr)
+
+
+def test_truncated_shard_on_s3_is_named(s3_options, make_synthetic_plan):
+    from ltray.data.prepare import PrepareOptions, prepare
+
+    out = f"s3://{BUCKET}/datasets/synth"
+    prepare(make_synthetic_plan(), out, PrepareOptions(storage_options=s3_options, workers=1))
+    shard = f"{out}/train/part-00000.parquet"
+    fs.write_bytes(shard, fs.read_bytes(shard, s3_options)[:-10], s3_options)
+    ds = StreamingImageDataset(out, "train", batch_size=8, storage_options=s3_options)
+    with pytest.raises(LtrayError, match=r"shard train/part-00000.parquet: .*\(truncated"):
+        list(make_loader(ds, num_workers=2))
