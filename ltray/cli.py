@@ -67,8 +67,8 @@ def train(
     from ltray.train.launcher import run_job
 
     job = load_job(job_file, overrides or [])
-    final = run_job(job, local=local, fresh=fresh)
-    _print_final(job.run_name(), final)
+    result = run_job(job, local=local, fresh=fresh)
+    _print_final(result.run_name, result.metrics)
 
 
 def _print_final(run_name: str, final: dict[str, float]) -> None:
@@ -82,15 +82,13 @@ def _print_final(run_name: str, final: dict[str, float]) -> None:
 @app.command()
 @user_errors
 def demo(
-    workdir: Annotated[
-        Path, typer.Option(help="folder for the data set, checkpoints and the MLflow store")
-    ] = Path("ltray-demo"),
+    job: Annotated[Path, typer.Option(help="the demo job file")] = Path("jobs/demo.yaml"),
     local: Annotated[bool, typer.Option("--local", help="train without Ray")] = False,
 ) -> None:
     """The whole path on a small generated data set: prepare, train, and where to look."""
     from ltray.demo import run_demo
 
-    run_demo(workdir, local=local)
+    run_demo(job, local=local)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,9 +1,10 @@
 """MLflow: the only module that talks to it. Rank 0 logs; other ranks get a ``NullTracker``.
 
 A run is found again by its tag ``ltray.run_name``, so a resumed or re-submitted job continues
-the same MLflow run. Epoch metrics are logged after the checkpoint of that epoch is saved and
-carry ``step=epoch``; on resume, epochs that the checkpoint's history has but MLflow lacks (a
-crash between the two) are logged first, so every epoch appears exactly once.
+the same MLflow run. Epoch metrics carry ``step=epoch`` and an ``epoch`` marker logged last.
+Every epoch appears exactly once: on resume, epochs that the checkpoint's history has but MLflow
+lacks (a crash after the checkpoint, before the log) are logged first, and an epoch MLflow
+already has (a crash after the log, before Ray registered the checkpoint) is not logged again.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ def resolve_tracking_uri(uri: str) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
+
+
+def create_sqlite_folder(uri: str) -> None:
+    """A ``sqlite:///runs/mlflow.db`` store's folder is made on first use, like the file."""
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -66,6 +73,8 @@ class NullTracker:
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
 
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+
     def fill_missing(self, history: Iterable[dict[str, float]]) -> None: ...
 
     def log_json(self, name: str, payload: Any) -> None: ...
@@ -85,6 +94,7 @@ class MlflowTracker:
         self.uri = uri
         self.experiment = experiment
         self.run_id: str | None = None
+        self._logged: set[int] = set()
         mlflow.set_tracking_uri(uri)
         self.client = mlflow.MlflowClient(uri)
 
@@ -119,6 +129,7 @@ class MlflowTracker:
             self.client.update_run(self.run_id, status="RUNNING")
             self.set_tags(tags)
         self._log_new_params(params)
+        self._logged = self.logged_epochs()
 
     def _log_new_params(self, params: dict[str, Any]) -> None:
         """MLflow refuses to change a logged param; on resume only new keys are added."""
@@ -138,23 +149,29 @@ class MlflowTracker:
         history = self.client.get_metric_history(self.run_id, EPOCH_METRIC)
         return {int(m.step) for m in history}
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+    def log_metrics(self, step: int, metrics: dict[str, float], epoch_marker: bool = False) -> None:
         from mlflow.entities import Metric
 
         timestamp = int(1000 * time.time())
-        items = [Metric(metric_key(k), float(v), timestamp, epoch) for k, v in metrics.items()]
-        items.append(Metric(EPOCH_METRIC, float(epoch), timestamp, epoch))
-        # the epoch marker goes last, so an epoch counts as logged only once all of it is
+        items = [Metric(metric_key(k), float(v), timestamp, step) for k, v in metrics.items()]
+        if epoch_marker:
+            # the marker goes last, so an epoch counts as logged only once all of it is
+            items.append(Metric(EPOCH_METRIC, float(step), timestamp, step))
         for start in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
 
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Log an epoch unless MLflow has it already: a worker can die after logging an epoch
+        but before Ray registered that epoch's checkpoint, and the rerun must not log it twice."""
+        if epoch in self._logged:
+            return
+        self.log_metrics(epoch, metrics, epoch_marker=True)
+        self._logged.add(epoch)
+
     def fill_missing(self, history: Iterable[dict[str, float]]) -> None:
         """Log the epochs of a checkpoint's history that MLflow does not have yet."""
-        logged = self.logged_epochs()
         for record in history:
-            epoch = int(record["epoch"])
-            if epoch not in logged:
-                self.log_epoch(epoch, {k: v for k, v in record.items() if k != "epoch"})
+            self.log_epoch(int(record["epoch"]), {k: v for k, v in record.items() if k != "epoch"})
 
     def log_json(self, name: str, payload: Any) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -171,6 +188,7 @@ class MlflowTracker:
                 model,
                 name="model",
                 input_example=example,
+                serialization_format="pickle",  # torch.export would fix the batch size
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ltray"],
             )
 

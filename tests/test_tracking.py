@@ -58,3 +58,17 @@ def test_resume_continues_run_and_fills_missing_epochs(tmp_path):
     fresh = MlflowTracker(uri, "exp")
     fresh.start("job-abc", {}, {}, fresh=True)
     assert fresh.run_id != first.run_id
+
+
+def test_an_epoch_already_logged_is_not_logged_again(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = MlflowTracker(uri, "exp")
+    first.start("job-abc", {}, {})
+    first.log_epoch(0, {"val/acc": 10.0})
+    # the checkpoint of epoch 0 never registered: the rerun trains epoch 0 again
+    again = MlflowTracker(uri, "exp")
+    again.start("job-abc", {}, {})
+    again.log_epoch(0, {"val/acc": 10.5})
+    again.log_epoch(1, {"val/acc": 20.0})
+    history = again.client.get_metric_history(again.run_id, "val/acc")
+    assert sorted((m.step, m.value) for m in history) == [(0, 10.0), (1, 20.0)]

@@ -7,13 +7,14 @@ works on machines without it.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ltray.config import JobConfig
 from ltray.data import read_manifest
 from ltray.errors import LtrayError
-from ltray.tracking import check_reachable, resolve_tracking_uri
+from ltray.tracking import check_reachable, create_sqlite_folder, resolve_tracking_uri
 from ltray.train.loop import ERROR_METRIC, train_loop_per_worker
 from ltray.train.storage import Storage
 
@@ -44,12 +45,18 @@ def preflight(job: JobConfig) -> None:
     read_manifest(job.data.url, storage_options=job.data.storage_options)
     Storage(job.storage.url, job.storage.storage_options).check_writable()
     if job.tracking.enabled:
+        create_sqlite_folder(job.tracking.uri)
         check_reachable(job.tracking.uri)
 
 
-def run_job(job: JobConfig, *, local: bool = False, fresh: bool = False) -> dict[str, float]:
-    """Train one job to the end (resuming its last checkpoint unless ``fresh``); return the
-    final metrics."""
+@dataclass(frozen=True)
+class RunResult:
+    run_name: str
+    metrics: dict[str, float]
+
+
+def run_job(job: JobConfig, *, local: bool = False, fresh: bool = False) -> RunResult:
+    """Train one job to the end (resuming its last checkpoint unless ``fresh``)."""
     job = absolutize(job)
     preflight(job)
     run_name = job.run_name()
@@ -64,8 +71,8 @@ def run_job(job: JobConfig, *, local: bool = False, fresh: bool = False) -> dict
     }
     if local:
         train_loop_per_worker(config)
-        return config["result"]
-    return _run_on_ray(job, config, storage)
+        return RunResult(run_name, config["result"])
+    return RunResult(run_name, _run_on_ray(job, config, storage))
 
 
 def _ray_init() -> None:
@@ -77,7 +84,9 @@ def _ray_init() -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(include_dashboard=False)
+        # "local", not None: without RAY_ADDRESS we start our own Ray, never silently join a
+        # cluster that `ray start` left running on this machine
+        ray.init(address="local", include_dashboard=False)
 
 
 def _use_gpu(job: JobConfig) -> bool:

@@ -295,7 +295,10 @@ class Trainer:
         dataset = self._dataset(split, train=False)
         dataset.set_epoch(0)
         feats, labels = [], []
-        for batch in make_loader(dataset, num_workers=self.job.data.loader_workers):
+        cap = self.job.schedule.max_eval_batches
+        for i, batch in enumerate(make_loader(dataset, num_workers=self.job.data.loader_workers)):
+            if cap is not None and i >= cap:
+                break
             with self.placement.autocast():
                 out = self.model(self.normalize(batch["image"]))
             feats.append(out.features.float().cpu())
@@ -361,7 +364,7 @@ class Trainer:
         if self.job.schedule.select_by:
             final.update(self._selected())
         self.session.report(final, self.state(self.job.schedule.epochs - 1, final))
-        self.tracker.log_epoch(self.job.schedule.epochs, final)
+        self.tracker.log_metrics(self.job.schedule.epochs, final)
         self.tracker.log_json("final_metrics.json", final)
         if self.job.tracking.log_model:
             self._log_model()
@@ -377,7 +380,7 @@ class Trainer:
         return {"selected/epoch": best["epoch"], f"selected/{key}": best[key]}
 
     def _log_model(self) -> None:
-        example = torch.zeros(1, 3, self.job.data.image_size, self.job.data.image_size)
+        example = torch.zeros(2, 3, self.job.data.image_size, self.job.data.image_size)
         predictor = Predictor(self.model, self.criterion, self.job.data.mean, self.job.data.std)
         self.tracker.log_model(predictor.cpu().eval(), example.numpy())
 

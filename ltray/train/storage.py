@@ -1,4 +1,8 @@
-"""Run storage on any fsspec URL: checkpoints, the resolved config, the writability probe."""
+"""Run storage on any fsspec URL: checkpoints and the writability probe.
+
+A thin folder view over :mod:`ltray.data.fs`, which already scrubs credentials from errors and
+writes files atomically.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,7 @@ import os
 import uuid
 from typing import Any
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
-
+from ltray.data import fs
 from ltray.errors import LtrayError
 
 
@@ -17,41 +19,29 @@ class Storage:
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        self.root = root.rstrip("/")
-        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.options = dict(storage_options or {})
 
-    def path(self, relative: str) -> str:
-        return f"{self.root}/{relative}" if relative else self.root
+    def url_of(self, relative: str) -> str:
+        return fs.join_url(self.url, relative) if relative else self.url
 
     def list(self, relative: str) -> list[str]:
-        try:
-            entries = self.fs.ls(self.path(relative), detail=False)
-        except FileNotFoundError:
-            return []
-        return sorted(os.path.basename(e.rstrip("/")) for e in entries)
+        return fs.list_names(self.url_of(relative), self.options)
 
     def exists(self, relative: str) -> bool:
-        return self.fs.exists(self.path(relative))
+        return fs.exists(self.url_of(relative), self.options)
 
     def read_bytes(self, relative: str) -> bytes:
-        return self.fs.cat_file(self.path(relative))
+        return fs.read_bytes(self.url_of(relative), self.options)
 
     def write_bytes(self, relative: str, data: bytes) -> None:
-        """Write so a reader never sees half a file: temp name + rename locally; object stores
-        make an object visible only once its upload completes."""
-        target = self.path(relative)
-        parent = target.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
-        if self.is_local:
-            temp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            self.fs.pipe_file(temp, data)
-            os.replace(temp, target)
-        else:
-            self.fs.pipe_file(target, data)
+        target = self.url_of(relative)
+        filesystem, path = fs.get_fs(target, self.options)
+        if fs.is_local(filesystem):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        fs.write_bytes(target, data, self.options)
 
     def remove(self, relative: str) -> None:
-        self.fs.rm(self.path(relative), recursive=True)
+        fs.remove(self.url_of(relative), self.options, recursive=True)
 
     def check_writable(self) -> None:
         """Fail before training starts, naming the URL, if checkpoints cannot be written."""
@@ -59,16 +49,19 @@ class Storage:
         try:
             self.write_bytes(probe, b"ok")
             self.remove(probe)
-        except Exception as exc:  # any backend error means the same thing to the user
+        except LtrayError as exc:
+            raise LtrayError(f"storage {fs.redact_url(self.url)} is not writable: {exc}") from None
+        except OSError as exc:
             raise LtrayError(
-                f"storage {self.url} is not writable: {type(exc).__name__}: {exc}"
+                f"storage {fs.redact_url(self.url)} is not writable: {exc.strerror or exc}"
             ) from None
 
-    def pyarrow_filesystem(self):
+    def pyarrow_filesystem(self) -> tuple[str, Any]:
         """(path, filesystem) for Ray's RunConfig: local paths as they are, anything else
         through pyarrow's wrapper of the same fsspec filesystem (endpoint and credentials kept)."""
-        if self.is_local:
-            return os.path.abspath(self.root), None
+        filesystem, path = fs.get_fs(self.url, self.options)
+        if fs.is_local(filesystem):
+            return os.path.abspath(path), None
         import pyarrow.fs
 
-        return self.root, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(self.fs))
+        return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(filesystem))

@@ -13,10 +13,6 @@ from ltray.data import sources
 from ltray.data.prepare import PrepareOptions, prepare
 from ltray.data.writer import ShardLayout
 
-CIFAR_ARCHIVE = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-)
-
 
 def image_bytes(seed: int, size: int = 12, fmt: str = "JPEG") -> bytes:
     """A small random image, encoded."""
@@ -80,14 +76,6 @@ def synth_ds(tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("synth") / "ds"
     prepare(synthetic_plan(), str(out), PrepareOptions(layout=SMALL_LAYOUT, workers=1))
     return str(out)
-
-
-@pytest.fixture(scope="session")
-def cifar_archive() -> Path:
-    """The real archive in ../shared/data beside the checkout; skip where it is absent."""
-    if not CIFAR_ARCHIVE.is_file():
-        pytest.skip(f"needs the CIFAR-10 archive at {CIFAR_ARCHIVE} (../shared/data)")
-    return CIFAR_ARCHIVE
 
 
 TORCHVISION_CODEC_WARNING = "ignore:The image decoding and encoding capabilities:DeprecationWarning"

@@ -10,31 +10,29 @@ from ltray.cli_prepare import app
 from ltray.data import StreamingImageDataset, fs, make_loader, read_manifest
 from ltray.errors import LtrayError
 
-KEY = "LTRAYTESTKEYAKIA7Q3Z"
-SECRET = "ltray-test-secret-9f8e7d6c5b4a"
+
 BUCKET = "ltray-test"
 
 
-@pytest.fixture(scope="module")
-def s3_options():
-    s3fs = pytest.importorskip("s3fs")
-    server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {
-        "key": KEY,
-        "secret": SECRET,
-        "client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
-    }
-    s3fs.S3FileSystem(**options).mkdir(BUCKET)
-    yield options
-    s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
+@pytest.fixture(scope="module", autouse=True)
+def bucket(s3_options):
+    from ltray.data import fs as ltray_fs
+
+    filesystem, _ = ltray_fs.get_fs(f"s3://{BUCKET}", s3_options)
+    if not filesystem.exists(BUCKET):
+        filesystem.mkdir(BUCKET)
+
+
+SECRETS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _remember_secrets(s3_options):
+    SECRETS[:] = [s3_options["key"], s3_options["secret"]]
 
 
 def _no_secrets(text):
-    assert KEY not in text and SECRET not in text
+    assert not any(secret in text for secret in SECRETS)
 
 
 def test_prepare_to_s3_and_stream_back(s3_options, tmp_path, make_tree):
@@ -69,11 +67,11 @@ def test_s3_errors_carry_no_credentials(s3_options, tmp_path):
         read_manifest(f"s3://{BUCKET}/no/such/dataset", s3_options)
     assert "does not exist" in str(info.value)
     _no_secrets(str(info.value))
-    url = f"s3://{KEY}:{SECRET}@{BUCKET}/nowhere"
+    url = f"s3://{s3_options['key']}:{s3_options['secret']}@{BUCKET}/nowhere"
     with pytest.raises(LtrayError) as info:
         read_manifest(url, s3_options)
     _no_secrets(str(info.value))
-    bad = dict(s3_options, secret=SECRET + "-wrong")
+    bad = dict(s3_options, secret=s3_options["secret"] + "-wrong")
     result = CliRunner().invoke(
         app,
         [

@@ -1,0 +1,116 @@
+"""A real two-node Ray cluster on this machine (token authentication on, as Ray >= 2.59 sets
+it up) and a real ``mlflow server``: a 2-worker run spread over both nodes logs over HTTP."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from train_support import make_job
+from processes import free_port, ltray_executable, wait_for
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: healthy(f"{uri}/health"), 120, "mlflow server")
+        yield uri
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def two_node_cluster():
+    """Head and a second node, each with 2 CPUs and a resource naming it, on 127.0.0.1."""
+    token = secrets.token_hex(32)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    env.pop("RAY_ADDRESS", None)
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's sockets live here
+    port = free_port()
+    ray = str(BIN / "ray")
+    common = ["--num-cpus=2", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    try:
+        subprocess.run(
+            [ray, "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}",
+             "--include-dashboard=false", '--resources={"node_a": 1}', *common],
+            env=env, check=True, capture_output=True, timeout=180,
+        )
+        subprocess.run(
+            [ray, "start", f"--address=127.0.0.1:{port}", '--resources={"node_b": 1}', *common],
+            env=env, check=True, capture_output=True, timeout=180,
+        )
+        yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_two_worker_run_spread_over_two_nodes_logs_over_http(
+    tiny_data, tmp_path, mlflow_server, two_node_cluster
+):
+    job = make_job(
+        tiny_data,
+        tmp_path,
+        scaling={"num_workers": 2, "placement_strategy": "STRICT_SPREAD"},
+        tracking={"uri": mlflow_server, "experiment": "cluster"},
+    )
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job.model_dump(mode="json")))
+    done = subprocess.run(
+        [ltray_executable(), "train", str(job_file)],
+        env=two_node_cluster, capture_output=True, text=True, timeout=600,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert "node_rank=1" in output, "the two workers should sit on two nodes"
+
+    client = mlflow.MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("cluster")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model", "final_metrics.json"}
+
+
+def test_a_client_without_the_token_is_refused(two_node_cluster):
+    env = {k: v for k, v in two_node_cluster.items() if not k.startswith("RAY_AUTH")}
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN"] = "wrong-" + secrets.token_hex(8)
+    done = subprocess.run(
+        [sys.executable, "-c", "import ray; ray.init(); print(ray.cluster_resources())"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode != 0

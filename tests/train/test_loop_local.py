@@ -1,0 +1,113 @@
+"""The training loop in-process (``--local``): metrics, checkpoints, exact resume, failures."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+import torch
+from train_support import make_job
+
+from ltray.errors import LtrayError
+from ltray.train import loop as loop_module
+from ltray.train.launcher import absolutize, run_job
+from ltray.train.session import LocalSession
+from ltray.train.storage import Storage
+
+
+def final_state(job):
+    return LocalSession(Storage(job.storage.url), absolutize(job).run_name(), keep=2).latest_state()
+
+
+def mlflow_run(job):
+    client = mlflow.MlflowClient(job.tracking.uri)
+    experiment = client.get_experiment_by_name(job.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_local_run_logs_every_epoch_and_the_model(tiny_data, tmp_path):
+    job = make_job(tiny_data, tmp_path, loss={"name": "dr"}, schedule={"epochs": 3})
+    final = run_job(job, local=True).metrics
+    assert {"test/acc", "test/acc_medium", "test/acc_few"} <= final.keys()
+    client, run = mlflow_run(job)
+    epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
+    assert epochs == [0, 1, 2]
+    assert run.data.params["loss.name"] == "dr" and run.data.params["data.storage_options"] == "***"
+    assert run.data.tags["ltray.method"] == "dr"
+    assert "decomp/angle_min_deg" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "decomposition")}
+    assert "decomposition/epoch_0002.json" in artifacts
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
+    # the same job again: already finished, nothing retrained, no second MLflow run
+    assert run_job(job, local=True).metrics["test/acc"] == final["test/acc"]
+    mlflow_run(job)
+
+
+def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(tiny_data, tmp_path, monkeypatch):
+    sections = {"schedule": {"epochs": 3}, "loss": {"name": "ldam_drw", "drw_epoch": 1}}
+    reference = make_job(tiny_data, tmp_path / "a", **sections)
+    run_job(reference, local=True)
+
+    crashing = make_job(tiny_data, tmp_path / "b", **sections)
+    original = loop_module.Trainer.train_epoch
+
+    def crash_in_epoch_2(self, epoch):
+        if epoch == 2:
+            raise RuntimeError("simulated node loss")
+        return original(self, epoch)
+
+    monkeypatch.setattr(loop_module.Trainer, "train_epoch", crash_in_epoch_2)
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_job(crashing, local=True)
+    monkeypatch.setattr(loop_module.Trainer, "train_epoch", original)
+    run_job(crashing, local=True)
+
+    expected, resumed = final_state(reference)["model"], final_state(crashing)["model"]
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=1e-6)
+    client, run = mlflow_run(crashing)
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/acc")) == [0, 1, 2]
+
+
+def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_last_checkpoint(
+    tiny_data, tmp_path, monkeypatch
+):
+    job = make_job(tiny_data, tmp_path, schedule={"epochs": 3})  # 3 steps an epoch
+    original = loop_module.TrainModule.forward
+    calls = []
+
+    def nan_after_three_steps(self, images, labels):
+        calls.append(1)
+        result = original(self, images, labels)
+        if len(calls) > 3:
+            result = result._replace(total=result.total * float("nan"))
+        return result
+
+    monkeypatch.setattr(loop_module.TrainModule, "forward", nan_after_three_steps)
+    with pytest.raises(LtrayError, match=r"non-finite at epoch 1 step 0"):
+        run_job(job, local=True)
+    state = final_state(job)
+    assert state["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_preflight_names_the_unreachable_tracking_server(tiny_data, tmp_path):
+    job = make_job(tiny_data, tmp_path, tracking={"uri": "http://127.0.0.1:9"})
+    with pytest.raises(LtrayError, match=r"MLflow server http://127.0.0.1:9 cannot be reached"):
+        run_job(job, local=True)
+
+
+def test_preflight_names_unwritable_storage(tiny_data, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    job = make_job(tiny_data, tmp_path, storage={"url": str(blocker / "runs")})
+    with pytest.raises(LtrayError, match=rf"storage {blocker}/runs is not writable"):
+        run_job(job, local=True)
+
+
+def test_data_set_with_other_class_count_is_refused(tiny_data, tmp_path):
+    job = make_job(tiny_data, tmp_path, model={"num_classes": 10})
+    with pytest.raises(LtrayError, match=r"has 4 classes but model.num_classes is 10"):
+        run_job(job, local=True)

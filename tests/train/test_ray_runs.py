@@ -1,0 +1,72 @@
+"""Ray Train runs with 2 CPU workers: every loss of design.md on the real CIFAR-10-LT, and a run
+whose data set and checkpoints both live on S3 (a real S3-compatible server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from train_support import make_job
+
+from ltray.config import LOSS_NAMES
+from ltray.train.launcher import absolutize, run_job
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(address="local", include_dashboard=False, num_cpus=2, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+def test_two_worker_run_completes_with_its_mlflow_run(loss, cifar_lt_100, tmp_path, local_ray):
+    job = make_job(
+        cifar_lt_100,
+        tmp_path,
+        name=f"cifar-{loss}",
+        model={"num_classes": 10},
+        loss={"name": loss, "drw_epoch": 1, "decoupled": {"epochs": 1}},
+        scaling={"num_workers": 2},
+        schedule={"epochs": 2, "max_steps_per_epoch": 2, "max_eval_batches": 2},
+    )
+    final = run_job(job).metrics
+    assert 0.0 <= final["test/acc"] <= 100.0
+    client = mlflow.MlflowClient(job.tracking.uri)
+    experiment = client.get_experiment_by_name("tests")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["ltray.method"] == loss
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
+    assert "test/acc" in run.data.metrics
+    if loss in ("crt", "lws", "tau_norm"):
+        assert any(key.startswith("stage2/") for key in run.data.metrics)
+
+
+def test_data_and_checkpoints_on_s3(tiny_data, s3_options, tmp_path, local_ray):
+    from ltray.data import fs as ltray_fs
+    from ltray.train.session import CHECKPOINT_FILE
+
+    filesystem, _ = ltray_fs.get_fs("s3://ltray-runs", s3_options)
+    filesystem.mkdir("ltray-runs")
+    filesystem.put(tiny_data, "ltray-runs/data/tiny", recursive=True)
+    job = make_job(
+        "s3://ltray-runs/data/tiny",
+        tmp_path,
+        data={"storage_options": s3_options},
+        storage={"url": "s3://ltray-runs/runs", "storage_options": s3_options},
+        scaling={"num_workers": 2},
+        tracking={"log_model": False},
+    )
+    result = run_job(job)
+    assert "test/acc" in result.metrics
+    run_folder = f"ltray-runs/runs/{result.run_name}"
+    saved = [p for p in filesystem.find(run_folder) if p.endswith(CHECKPOINT_FILE)]
+    assert saved, f"no checkpoint under s3://{run_folder}"
+    client = mlflow.MlflowClient(job.tracking.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    params = str(run.data.params)
+    assert s3_options["secret"] not in params and s3_options["key"] not in params
