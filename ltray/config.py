@@ -105,9 +105,11 @@ class DecoupledConfig(Section):
     stage1_loss: str = Field("ce", description="loss of the joint first stage")
     epochs: int = Field(10, ge=0, description="stage-2 epochs (crt, lws); tau_norm needs none")
     lr: float = Field(0.2, gt=0.0)
+    batch_size: int = Field(512, ge=1, description="stage-2 batch (class-balanced sampling)")
+    weight_decay: float = Field(5.0e-4, ge=0.0, description="stage-2 weight decay")
     tau_grid: list[float] = Field(
         default_factory=lambda: [round(0.1 * i, 1) for i in range(21)],
-        description="tau values tried by tau_norm, chosen on validation data",
+        description="tau values tried by tau_norm, chosen on validation data (never test)",
     )
 
 
@@ -186,7 +188,9 @@ class ScheduleConfig(Section):
     max_eval_batches: int | None = Field(
         None, ge=1, description="cap on evaluation batches per rank (smoke tests)"
     )
-    log_every_steps: int = Field(50, ge=1, description="steps between loss checks and progress lines")
+    log_every_steps: int = Field(
+        50, ge=1, description="steps between loss checks and progress lines"
+    )
 
     @model_validator(mode="after")
     def _milestones_sorted(self) -> ScheduleConfig:
@@ -319,7 +323,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def validate_job(raw: Any, source: str = "job") -> JobConfig:
     if not isinstance(raw, dict):
-        raise LtrayError(f"{source}: a job file must be a mapping of sections, got {type(raw).__name__}")
+        raise LtrayError(
+            f"{source}: a job file must be a mapping of sections, got {type(raw).__name__}"
+        )
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as exc:

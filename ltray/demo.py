@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ltray.config import load_job
-from ltray.data import prepare, read_manifest
-from ltray.data import sources
+from ltray.data import prepare, read_manifest, sources
 from ltray.errors import LtrayError
 from ltray.train.launcher import run_job
 

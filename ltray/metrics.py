@@ -13,11 +13,6 @@ import torch
 GROUPS = ("many", "medium", "few")
 
 
-def class_groups(train_counts: Sequence[int], many: int = 100, few: int = 20) -> list[str]:
-    """'many' for more than ``many`` training images, 'few' for fewer than ``few``, else 'medium'."""
-    return ["many" if n > many else "few" if n < few else "medium" for n in train_counts]
-
-
 def accuracy_report(
     correct: torch.Tensor,
     seen: torch.Tensor,

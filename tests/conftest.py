@@ -12,7 +12,7 @@ CIFAR_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 @pytest.fixture(scope="session")
 def cifar_archive() -> Path:
-    """The real CIFAR-10 JPEG archive in ../shared/data; tests that use it skip where it is absent."""
+    """The real CIFAR-10 JPEG archive in ../shared/data; tests using it skip where it is absent."""
     if not CIFAR_ARCHIVE.is_file():
         pytest.skip(f"needs the real CIFAR-10 archive at {CIFAR_ARCHIVE} (../shared/data)")
     return CIFAR_ARCHIVE

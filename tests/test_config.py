@@ -70,8 +70,14 @@ def test_set_overrides_with_type_checking(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "key", ["data.url=s3://b/x", "scaling.num_workers=4", "schedule.epochs=3", "storage.url=/tmp/r",
-            "tracking.uri=none"],
+    "key",
+    [
+        "data.url=s3://b/x",
+        "scaling.num_workers=4",
+        "schedule.epochs=3",
+        "storage.url=/tmp/r",
+        "tracking.uri=none",
+    ],
 )
 def test_design_keys_work_with_set(key, tmp_path):
     path = tmp_path / "job.yaml"
@@ -96,8 +102,10 @@ def test_run_name_is_deterministic_and_ignores_where_it_runs():
 
 
 def test_redact_hides_secrets_and_storage_options():
-    raw = {"data": {"url": "s3://b", "storage_options": {"key": "AKIA", "secret": "s"}},
-           "tracking": {"api_token": "t", "uri": "http://x"}}
+    raw = {
+        "data": {"url": "s3://b", "storage_options": {"key": "AKIA", "secret": "s"}},
+        "tracking": {"api_token": "t", "uri": "http://x"},
+    }
     out = redact(raw)
     assert out["data"]["storage_options"] == "***" and out["tracking"]["api_token"] == "***"
     assert out["tracking"]["uri"] == "http://x" and "AKIA" not in str(out)

@@ -45,7 +45,7 @@ def summarize_decomposition(
     groups: Sequence[str],
 ) -> dict[str, Any]:
     per_class = accumulator.compute()
-    per_class["classifier_norm"] = weight.double().norm(dim=1)
+    per_class["classifier_norm"] = weight.double().norm(dim=1).cpu()
     geometry = classifier_geometry(weight)
     counts = torch.tensor(train_counts, dtype=torch.float64)
 

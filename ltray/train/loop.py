@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,11 +20,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ltray.config import JobConfig
 from ltray.data import StreamingImageDataset, make_loader, read_manifest
+from ltray.data.profiles import shot_groups
 from ltray.data.transforms import build_transform
-from ltray.decoupled import run_decoupled
+from ltray.decoupled import balanced_subset, run_decoupled
 from ltray.errors import LtrayError
 from ltray.losses import build_loss
-from ltray.metrics import accuracy_report, class_groups
+from ltray.metrics import accuracy_report
 from ltray.models import build_model
 from ltray.tracking import make_tracker
 from ltray.train.decomposition_summary import summarize_decomposition
@@ -56,12 +56,6 @@ class TrainModule(torch.nn.Module):
         return self.criterion(out, labels, self.model.head)
 
 
-@dataclass
-class Split:
-    name: str
-    rows: int
-
-
 def _device(session: Session, job: JobConfig) -> torch.device:
     if not wants_gpu(job.scaling):
         return torch.device("cpu")
@@ -88,12 +82,20 @@ class Trainer:
                 f"{job.model.num_classes}"
             )
         self.train_counts = self.manifest.class_counts(data.train_split)
-        self.groups = class_groups(self.train_counts, data.many_threshold, data.few_threshold)
-        val = data.val_split or ("val" if self.manifest.has_split("val") else data.test_split)
-        self.val_split = val
-        for split in (data.train_split, val, data.test_split):
+        self.groups = shot_groups(self.train_counts, data.many_threshold, data.few_threshold)
+        val = data.val_split or ("val" if self.manifest.has_split("val") else None)
+        for split in (data.train_split, val or data.test_split, data.test_split):
             if not self.manifest.has_split(split):
                 raise LtrayError(f"data set {data.url} has no split {split!r}")
+        # per-epoch evaluation runs on the validation split, or on test where there is none;
+        # selection (select_by, tau_norm's tau) never looks at test
+        self.val_split = val
+        self.eval_split, self.eval_prefix = (val, "val") if val else (data.test_split, "test")
+        if job.schedule.select_by and val is None:
+            raise LtrayError(
+                f"schedule.select_by={job.schedule.select_by!r} needs a validation split; "
+                f"data set {data.url} has none (selection never uses test)"
+            )
 
         torch.manual_seed(job.seed)
         self.placement = Placement.create(_device(session, job), job.scaling, job.model)
@@ -102,7 +104,9 @@ class Trainer:
         self.module = self.placement.prepare_module(TrainModule(self.model, self.criterion))
         self.ddp: torch.nn.Module = self.module
         if self.distributed:
-            device_ids = [self.placement.device.index] if self.placement.device.type == "cuda" else None
+            device_ids = (
+                [self.placement.device.index] if self.placement.device.type == "cuda" else None
+            )
             self.ddp = DistributedDataParallel(self.module, device_ids=device_ids)
         self.peak_lr = scaled_lr(job.optim, self.world)
         self.optimizer = self._optimizer()
@@ -227,7 +231,9 @@ class Trainer:
         if self.distributed:
             dist.all_reduce(sums)
         total_seen = max(sums[0].item(), 1.0)
-        metrics = {f"train/loss_{k}": v.item() / total_seen for k, v in zip(sorted(term_sums), sums[1:])}
+        names = sorted(term_sums)
+        losses = zip(names, sums[1:], strict=True)
+        metrics = {f"train/loss_{k}": v.item() / total_seen for k, v in losses}
         metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["train/images_per_s"] = total_seen / max(elapsed, 1e-9)
         metrics["train/epoch_s"] = elapsed
@@ -279,11 +285,13 @@ class Trainer:
         decomposition = None
         last = epoch == self.job.schedule.epochs - 1
         if (epoch + 1) % self.job.schedule.eval_every == 0 or last:
-            metrics, counts = self.evaluate_split(self.val_split, "val")
+            metrics, counts = self.evaluate_split(self.eval_split, self.eval_prefix)
             record.update(metrics)
             decomposition = summarize_decomposition(
-                counts.decomposition, self.model.head.weight.detach().float().cpu(),
-                self.train_counts, self.groups,
+                counts.decomposition,
+                self.model.head.weight.detach().float(),
+                self.train_counts,
+                self.groups,
             )
             record.update(decomposition["metrics"])
         return record, decomposition
@@ -315,7 +323,12 @@ class Trainer:
     def run_stage2(self) -> dict[str, float]:
         method = self.job.loss.name
         train_f, train_y = self._features(self.job.data.train_split)
-        val_f, val_y = self._features(self.val_split)
+        if self.val_split is not None:
+            val_f, val_y = self._features(self.val_split)
+        else:  # no validation split: a class-balanced draw of training features, never test
+            generator = torch.Generator().manual_seed(self.job.seed)
+            chosen = balanced_subset(train_y, generator)
+            val_f, val_y = train_f[chosen], train_y[chosen]
         head, info = run_decoupled(
             method,
             self.model.head.cpu(),
@@ -341,7 +354,8 @@ class Trainer:
             self.session.report(self.final, None)
             return self.final
         fresh = self.fresh and state is None
-        self.tracker.start(self.run_name, self.params(), self.tags(), fresh=fresh)
+        tags = self.tags(self._worker_nodes())
+        self.tracker.start(self.run_name, self.params(), tags, fresh=fresh)
         self.tracker.fill_missing(self.history)
 
         for epoch in range(self.start_epoch, self.job.schedule.epochs):
@@ -388,13 +402,24 @@ class Trainer:
         from ltray.config import flatten, redact
 
         params = flatten(redact(self.job.model_dump(mode="json")))
-        params.update({"run_name": self.run_name, "world_size": self.world, "peak_lr": self.peak_lr})
+        params.update(
+            {"run_name": self.run_name, "world_size": self.world, "peak_lr": self.peak_lr}
+        )
         return params
 
-    def tags(self) -> dict[str, str]:
+    def _worker_nodes(self) -> str:
+        """'rank@node' of every worker, so a run shows where it ran."""
+        nodes = [self.session.node]
+        if self.distributed:
+            nodes = [None] * self.world
+            dist.all_gather_object(nodes, self.session.node)
+        return ",".join(f"{rank}@{node}" for rank, node in enumerate(nodes))
+
+    def tags(self, worker_nodes: str) -> dict[str, str]:
         from ltray.train.provenance import git_commit
 
         return {
+            "ltray.worker_nodes": worker_nodes,
             "ltray.dataset": self.job.data.url.split("?")[0],
             "ltray.method": self.job.loss.name,
             "ltray.arch": self.job.model.arch,
@@ -407,7 +432,10 @@ class Trainer:
         shown = ["train/loss_total", "val/acc", "val/acc_many", "val/acc_medium", "val/acc_few"]
         parts = [f"{k.split('/')[-1]}={record[k]:.3f}" for k in shown if k in record]
         rate = record.get("train/images_per_s", math.nan)
-        print(f"[ltray] epoch {int(record['epoch'])}: {' '.join(parts)} ({rate:.0f} img/s)", flush=True)
+        print(
+            f"[ltray] epoch {int(record['epoch'])}: {' '.join(parts)} ({rate:.0f} img/s)",
+            flush=True,
+        )
 
 
 class Predictor(torch.nn.Module):

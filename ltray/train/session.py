@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import tempfile
-from collections.abc import Callable
 from typing import Any, Protocol
-
-import torch
 
 from ltray.train.checkpoint import CHECKPOINT_FILE, load_state, save_state
 from ltray.train.storage import Storage
@@ -23,6 +21,7 @@ class Session(Protocol):
     rank: int
     world_size: int
     local_rank: int
+    node: str  # where this worker runs: Ray's node id, or the host name
 
     def latest_state(self) -> dict[str, Any] | None: ...
 
@@ -35,6 +34,7 @@ class LocalSession:
     rank = 0
     world_size = 1
     local_rank = 0
+    node = socket.gethostname()
 
     def __init__(self, storage: Storage, run_name: str, keep: int) -> None:
         self.storage = storage
@@ -69,6 +69,7 @@ class RaySession:
     after a worker failure or when the same job is submitted again."""
 
     def __init__(self) -> None:
+        import ray
         import ray.train
 
         self._train = ray.train
@@ -76,6 +77,7 @@ class RaySession:
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.local_rank = context.get_local_rank()
+        self.node = ray.get_runtime_context().get_node_id()
 
     def latest_state(self) -> dict[str, Any] | None:
         checkpoint = self._train.get_checkpoint()
@@ -94,10 +96,3 @@ class RaySession:
                 save_state(state, f)
             checkpoint = self._train.Checkpoint.from_directory(folder)
             self._train.report(metrics, checkpoint=checkpoint)
-
-
-def torch_distributed_ready() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-SessionFactory = Callable[[], Session]

@@ -10,7 +10,6 @@ from ltray.cli_prepare import app
 from ltray.data import StreamingImageDataset, fs, make_loader, read_manifest
 from ltray.errors import LtrayError
 
-
 BUCKET = "ltray-test"
 
 

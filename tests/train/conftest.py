@@ -11,7 +11,20 @@ def tiny_data(tmp_path_factory) -> str:
     """4 classes, 32 px, IF 10: about 100 training images; seconds to prepare."""
     out = tmp_path_factory.mktemp("data") / "tiny"
     run_cli(
-        "prepare", "synthetic", str(out), "--classes", "4", "--n-max", "48",
-        "--imbalance", "6", "--image-size", "32", "--test-per-class", "8", "--seed", "1",
+        "prepare",
+        "synthetic",
+        str(out),
+        "--classes",
+        "4",
+        "--n-max",
+        "48",
+        "--imbalance",
+        "6",
+        "--image-size",
+        "32",
+        "--test-per-class",
+        "8",
+        "--seed",
+        "1",
     )
     return str(out)

@@ -13,8 +13,8 @@ import mlflow
 import pytest
 import torch
 import yaml
-from train_support import make_job
 from processes import command_line, descendants, ltray_executable, wait_for
+from train_support import make_job
 
 from ltray.train.checkpoint import CHECKPOINT_FILE, load_state
 from ltray.train.launcher import absolutize
@@ -57,7 +57,7 @@ def epochs_logged(job) -> list[int]:
     client = mlflow.MlflowClient(job.tracking.uri)
     experiment = client.get_experiment_by_name(job.tracking.experiment)
     (run,) = client.search_runs([experiment.experiment_id])
-    return sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/acc"))
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss_total"))
 
 
 def two_worker_job(tiny_data: str, folder: Path):
@@ -70,14 +70,14 @@ def two_worker_job(tiny_data: str, folder: Path):
     )
 
 
-def test_killed_worker_is_replaced_and_the_run_ends_like_an_uninterrupted_one(
-    tiny_data, tmp_path
-):
+def test_killed_worker_is_replaced_and_the_run_ends_like_an_uninterrupted_one(tiny_data, tmp_path):
     reference = two_worker_job(tiny_data, tmp_path / "reference")
     (tmp_path / "reference").mkdir()
     done = subprocess.run(
         [ltray_executable(), "train", str(write_job(reference, tmp_path / "reference"))],
-        capture_output=True, text=True, timeout=400,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 

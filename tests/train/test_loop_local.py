@@ -31,11 +31,13 @@ def test_local_run_logs_every_epoch_and_the_model(tiny_data, tmp_path):
     final = run_job(job, local=True).metrics
     assert {"test/acc", "test/acc_medium", "test/acc_few"} <= final.keys()
     client, run = mlflow_run(job)
-    epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
+    epochs = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss_total")]
     assert epochs == [0, 1, 2]
     assert run.data.params["loss.name"] == "dr" and run.data.params["data.storage_options"] == "***"
     assert run.data.tags["ltray.method"] == "dr"
     assert "decomp/angle_min_deg" in run.data.metrics
+    # no validation split in this data set: per-epoch evaluation runs on test, named so
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == [0, 1, 2, 3]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "decomposition")}
     assert "decomposition/epoch_0002.json" in artifacts
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
@@ -45,7 +47,9 @@ def test_local_run_logs_every_epoch_and_the_model(tiny_data, tmp_path):
     mlflow_run(job)
 
 
-def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(tiny_data, tmp_path, monkeypatch):
+def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(
+    tiny_data, tmp_path, monkeypatch
+):
     sections = {"schedule": {"epochs": 3}, "loss": {"name": "ldam_drw", "drw_epoch": 1}}
     reference = make_job(tiny_data, tmp_path / "a", **sections)
     run_job(reference, local=True)
@@ -68,7 +72,8 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(tiny_data, tm
     for key in expected:
         torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=1e-6)
     client, run = mlflow_run(crashing)
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/acc")) == [0, 1, 2]
+    history = client.get_metric_history(run.info.run_id, "train/loss_total")
+    assert sorted(m.step for m in history) == [0, 1, 2]
 
 
 def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_last_checkpoint(
@@ -110,4 +115,10 @@ def test_preflight_names_unwritable_storage(tiny_data, tmp_path):
 def test_data_set_with_other_class_count_is_refused(tiny_data, tmp_path):
     job = make_job(tiny_data, tmp_path, model={"num_classes": 10})
     with pytest.raises(LtrayError, match=r"has 4 classes but model.num_classes is 10"):
+        run_job(job, local=True)
+
+
+def test_selection_without_a_validation_split_is_refused(tiny_data, tmp_path):
+    job = make_job(tiny_data, tmp_path, schedule={"select_by": "val/acc"})
+    with pytest.raises(LtrayError, match=r"select_by='val/acc' needs a validation split"):
         run_job(job, local=True)

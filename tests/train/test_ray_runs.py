@@ -8,7 +8,7 @@ import pytest
 from train_support import make_job
 
 from ltray.config import LOSS_NAMES
-from ltray.train.launcher import absolutize, run_job
+from ltray.train.launcher import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +22,22 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def shared_tracking(tmp_path_factory) -> str:
+    """One SQLite store for all the runs of this module: creating one costs seconds."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+
+
 @pytest.mark.shared_data
 @pytest.mark.parametrize("loss", LOSS_NAMES)
-def test_two_worker_run_completes_with_its_mlflow_run(loss, cifar_lt_100, tmp_path, local_ray):
+def test_two_worker_run_completes_with_its_mlflow_run(
+    loss, cifar_lt_100, tmp_path, local_ray, shared_tracking
+):
     job = make_job(
         cifar_lt_100,
         tmp_path,
         name=f"cifar-{loss}",
+        tracking={"uri": shared_tracking, "experiment": loss, "log_model": loss == "dr"},
         model={"num_classes": 10},
         loss={"name": loss, "drw_epoch": 1, "decoupled": {"epochs": 1}},
         scaling={"num_workers": 2},
@@ -37,10 +46,13 @@ def test_two_worker_run_completes_with_its_mlflow_run(loss, cifar_lt_100, tmp_pa
     final = run_job(job).metrics
     assert 0.0 <= final["test/acc"] <= 100.0
     client = mlflow.MlflowClient(job.tracking.uri)
-    experiment = client.get_experiment_by_name("tests")
+    experiment = client.get_experiment_by_name(loss)
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.tags["ltray.method"] == loss
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss_total")] == [
+        0,
+        1,
+    ]
     assert "test/acc" in run.data.metrics
     if loss in ("crt", "lws", "tau_norm"):
         assert any(key.startswith("stage2/") for key in run.data.metrics)

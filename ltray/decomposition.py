@@ -1,0 +1,114 @@
+"""The logit decomposition the paper tracks: z_j = ||w_j|| ||f|| cos(theta_j) + b_j.
+
+Per true class, over an epoch: the mean feature norm ||f||, the mean target cosine
+cos(theta_y), and the mean of the largest other cosine max_{j != y} cos(theta_j) (how close
+the nearest wrong class is); plus each class's classifier norm ||w_j||. The accumulator keeps
+sums and counts only, so ranks merge by summing their state tensors (all-reduce), never by
+averaging averages. ``classifier_geometry`` describes the angles between classifier rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_SUMS = ("feature_norm_sum", "cos_target_sum", "cos_other_max_sum")
+
+
+class DecompositionAccumulator:
+    """Per-class sums of ||f||, cos(theta_y) and max_{j != y} cos(theta_j), and counts.
+
+    ``classifier_norm`` is taken from the last ``update`` (the weights are the same on every
+    rank), so it is not part of the summed state.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self._state: dict[str, Tensor] = {}
+        self._classifier_norm: Tensor | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        zeros = torch.zeros(self.num_classes, dtype=torch.float64)
+        self._state = {name: zeros.clone() for name in _SUMS}
+        self._state["count"] = torch.zeros(self.num_classes, dtype=torch.int64)
+        self._classifier_norm = None
+
+    @torch.no_grad()
+    def update(self, features: Tensor, labels: Tensor, head_weight: Tensor) -> None:
+        """Add a batch: features [B, D], true labels [B], classifier rows [C, D]."""
+        features, head_weight = features.detach().float(), head_weight.detach().float()
+        cos = F.normalize(features, dim=1) @ F.normalize(head_weight, dim=1).T
+        labels = labels.long()
+        cos_target = cos.gather(1, labels[:, None]).squeeze(1)
+        cos_other_max = cos.scatter(1, labels[:, None], -math.inf).amax(dim=1)
+        device = self._state["count"].device
+        if device != features.device:
+            self._state = {k: v.to(features.device) for k, v in self._state.items()}
+        for name, values in zip(
+            _SUMS, (features.norm(dim=1), cos_target, cos_other_max), strict=True
+        ):
+            self._state[name].index_add_(0, labels, values.double())
+        self._state["count"].index_add_(0, labels, torch.ones_like(labels))
+        self._classifier_norm = head_weight.norm(dim=1).double()
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The sums and counts (the live tensors: all-reduce them in place with SUM)."""
+        return self._state
+
+    def load_state_tensors(self, state: dict[str, Tensor]) -> None:
+        """Replace the sums and counts, e.g. with all-reduced or merged ones."""
+        self._state = {name: state[name].clone() for name in (*_SUMS, "count")}
+
+    def compute(self) -> dict[str, np.ndarray]:
+        """Per-class means (NaN where a class had no samples), counts and classifier norms."""
+        count = self._state["count"].cpu()
+        safe = count.clamp_min(1).double()
+        out = {
+            name.removesuffix("_sum") + "_mean": torch.where(
+                count > 0, self._state[name].cpu() / safe, math.nan
+            ).numpy()
+            for name in _SUMS
+        }
+        out["count"] = count.numpy()
+        norm = self._classifier_norm
+        out["classifier_norm"] = (
+            np.full(self.num_classes, np.nan) if norm is None else norm.cpu().numpy()
+        )
+        return out
+
+
+@torch.no_grad()
+def classifier_geometry(weight: Tensor, block_rows: int = 1024) -> dict:
+    """Angles (degrees) between the classifier rows, over pairs i != j.
+
+    Returns ``angle_min``, ``angle_mean``, ``angle_std`` (floats) and ``nearest_angle``
+    (per class: the angle to its nearest other row), computed a block of rows at a time so
+    8,142 classes need no C x C matrix.
+    """
+    unit = F.normalize(weight.detach().float(), dim=1)
+    num_rows = unit.shape[0]
+    total = torch.zeros((), dtype=torch.float64, device=unit.device)
+    total_sq = torch.zeros_like(total)
+    nearest = torch.empty(num_rows, dtype=torch.float64, device=unit.device)
+    for r0 in range(0, num_rows, block_rows):
+        r1 = min(r0 + block_rows, num_rows)
+        angles = torch.rad2deg(torch.acos((unit[r0:r1] @ unit.T).clamp_(-1.0, 1.0))).double()
+        angles.diagonal(offset=r0).zero_()  # a row with itself adds 0 to the sums
+        total += angles.sum()
+        total_sq += angles.square().sum()
+        angles.diagonal(offset=r0).fill_(math.inf)
+        nearest[r0:r1] = angles.amin(dim=1)
+    n_pairs = num_rows * (num_rows - 1)
+    mean = total / n_pairs
+    variance = (total_sq / n_pairs - mean.square()).clamp_min(0.0)
+    return {
+        "angle_min": nearest.min().item(),
+        "angle_mean": mean.item(),
+        "angle_std": variance.sqrt().item(),
+        "nearest_angle": nearest.cpu().numpy(),
+    }

@@ -1,0 +1,224 @@
+"""Hyperspherical uniformity of the classifier rows, cheap enough for 8,142 classes.
+
+On the unit rows u_i = w_i / ||w_i||, with d2_ij = ||u_i - u_j||^2 = 2 - 2 u_i.u_j, averaged
+over the C (C - 1) ordered pairs i != j:
+
+    mhe_s0    mean -log ||u_i - u_j||        (log energy; Liu et al. 2018, s = 0)
+    mhe_s1    mean 1 / ||u_i - u_j||         (Riesz s = 1)
+    mhe_s2    mean 1 / ||u_i - u_j||^2       (Riesz s = 2)
+    gaussian  log mean exp(-t ||u_i - u_j||^2)   (Wang & Isola 2020)
+
+``uniformity_loss`` never builds a C x C mask or an off-diagonal copy. It takes the Gram
+matrix one block of rows at a time ([block_rows, C]) and fills the block's diagonal (offset
+r0) with the Gram value whose distance makes the potential exactly 0 (g = 1/2, d2 = 1 for
+the log energy; g = -inf, d2 = inf for the rest), so self-pairs drop out of the sum with no
+subtraction. The gradient of this scalar of W is known in closed form,
+dL/du_i = -4 dL/dS sum_{j != i} phi'(d2_ij) u_j, so the forward pass accumulates it block by
+block and the backward pass only scales it: two matmuls in all (autograd through the blocks
+would take three and keep every block alive). The elementwise work on a block (distance,
+clamp, potential, its derivative) is one function that torch.compile fuses into a single
+pass (``fused``, on by default on CUDA, where it otherwise costs as much as the matmuls).
+
+Squared distances are clamped at ``D2_EPS`` (coincident rows); as with ``clamp``, a clamped
+pair passes no gradient. The Gram matmul runs in ``gram_dtype``: by default the autocast
+dtype when autocast is on (bf16 on GPUs), else the rows' dtype; everything after it is fp32
+(fp64 for fp64 rows). In bf16 the Gram is rounded to 8 significant bits, which is harmless
+while rows are apart (at least 30 degrees between every pair: loss within 1e-3 relative and
+gradient cosine >= 0.999 of fp32, tests/method/test_uniformity.py) but loses the distance of
+near-duplicate rows (under ~10 degrees, 2 - 2 cos cancels); that regime is the exception
+under this very regulariser, and ``gram_dtype=torch.float32`` is there for it.
+
+``uniformity_loss_naive`` is the textbook version (full Gram, boolean mask) kept as the
+reference for tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from ltray.errors import LtrayError
+
+UNIFORMITY_KINDS: tuple[str, ...] = ("mhe_s0", "mhe_s1", "mhe_s2", "gaussian")
+D2_EPS = 1e-6  # smallest squared distance between two unit rows
+
+# the Gram value put on a block's diagonal: its squared distance 2 - 2g (1 for the log energy,
+# inf for the rest) is where the potential is exactly 0, so self-pairs drop out of the sum
+_NEUTRAL_GRAM = {"mhe_s0": 0.5, "mhe_s1": -math.inf, "mhe_s2": -math.inf, "gaussian": -math.inf}
+_fusion_failed = False  # set once if torch.compile is unusable on this host
+
+
+def _potential(d2: Tensor, kind: str, t: float) -> Tensor:
+    """phi(d2) elementwise (a new tensor)."""
+    if kind == "mhe_s0":
+        return d2.log().mul_(-0.5)
+    if kind == "mhe_s1":
+        return d2.rsqrt()
+    if kind == "mhe_s2":
+        return d2.reciprocal()
+    return d2.mul(-t).exp_()
+
+
+def _potential_grad(phi: Tensor, d2: Tensor, kind: str, t: float) -> Tensor:
+    """dphi/dd2 elementwise, from phi where that is cheaper (a new tensor)."""
+    if kind == "mhe_s0":
+        return d2.reciprocal().mul_(-0.5)
+    if kind == "mhe_s1":
+        return phi.pow(3).mul_(-0.5)
+    if kind == "mhe_s2":
+        return phi.square().neg_()
+    return phi.mul(-t)
+
+
+def _block_energy(gram: Tensor, kind: str, t: float, need_grad: bool) -> tuple[Tensor, Tensor]:
+    """For one row block of the Gram matrix: the fp64 sum of phi(2 - 2g), and (if asked)
+    phi'(d2) in the Gram's dtype, 0 where the distance was clamped (else an empty tensor).
+
+    Purely elementwise, so torch.compile fuses it into one pass over the block."""
+    work_dtype = torch.float64 if gram.dtype == torch.float64 else torch.float32
+    d2 = torch.rsub(gram.to(work_dtype), 2.0, alpha=2.0)
+    apart = d2 > D2_EPS if need_grad else None
+    d2 = d2.clamp_min_(D2_EPS)
+    phi = _potential(d2, kind, t)
+    total = phi.sum(dtype=torch.float64)
+    if apart is None:
+        return total, gram.new_empty(0)
+    dphi = torch.where(apart, _potential_grad(phi, d2, kind, t), 0.0)
+    return total, dphi.to(gram.dtype)
+
+
+@functools.cache
+def _compiled_block_energy() -> Callable[..., tuple[Tensor, Tensor]]:
+    return torch.compile(_block_energy, dynamic=False, fullgraph=True)
+
+
+def _run_block_energy(
+    gram: Tensor, kind: str, t: float, need_grad: bool, fused: bool
+) -> tuple[Tensor, Tensor]:
+    """``_block_energy``, compiled when ``fused``; eager, with one warning, if compiling fails."""
+    global _fusion_failed
+    if fused and not _fusion_failed:
+        try:
+            return _compiled_block_energy()(gram, kind, t, need_grad)
+        except Exception as exc:  # e.g. no C compiler for Triton on this host
+            _fusion_failed = True
+            warnings.warn(
+                f"uniformity: torch.compile failed, running eager: {exc!r:.300}", stacklevel=3
+            )
+    return _block_energy(gram, kind, t, need_grad)
+
+
+def _reduce(total: Tensor, n_pairs: int, kind: str) -> tuple[Tensor, Tensor]:
+    """(loss, dloss/dtotal) from the sum of the potential over all pairs."""
+    if kind == "gaussian":
+        return (total / n_pairs).log(), 1.0 / total
+    return total / n_pairs, total.new_tensor(1.0 / n_pairs)
+
+
+def _check(unit: Tensor, kind: str) -> None:
+    if kind not in UNIFORMITY_KINDS:
+        raise LtrayError(f"unknown uniformity kind {kind!r}; valid: {', '.join(UNIFORMITY_KINDS)}")
+    if unit.dim() != 2 or unit.shape[0] < 2:
+        raise LtrayError(f"uniformity needs a [C >= 2, D] weight, got {tuple(unit.shape)}")
+
+
+class _BlockedUniformity(torch.autograd.Function):
+    """The energy of unit rows [C, D], by row blocks, with the gradient from the forward."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        unit: Tensor,
+        kind: str,
+        t: float,
+        block_rows: int,
+        gram_dtype: torch.dtype,
+        fused: bool,
+    ) -> Tensor:
+        work_dtype = torch.float64 if unit.dtype == torch.float64 else torch.float32
+        need_grad = ctx.needs_input_grad[0]
+        rows = unit.detach().to(gram_dtype)
+        num_rows = rows.shape[0]
+        total = unit.new_zeros((), dtype=torch.float64)
+        pulled = torch.zeros_like(rows, dtype=work_dtype) if need_grad else None
+        with torch.autocast(rows.device.type, enabled=False):
+            for r0 in range(0, num_rows, block_rows):
+                r1 = min(r0 + block_rows, num_rows)
+                gram = torch.mm(rows[r0:r1], rows.T)
+                gram.diagonal(offset=r0).fill_(_NEUTRAL_GRAM[kind])
+                block_total, dphi = _run_block_energy(gram, kind, t, need_grad, fused)
+                total += block_total
+                if pulled is not None:
+                    dphi.diagonal(offset=r0).zero_()  # phi'(1) of the log energy is not 0
+                    pulled[r0:r1] = torch.mm(dphi, rows)
+        loss, dloss_dtotal = _reduce(total, num_rows * (num_rows - 1), kind)
+        if pulled is not None:
+            ctx.save_for_backward(pulled.mul_(-4.0 * dloss_dtotal.to(work_dtype)).to(unit.dtype))
+        return loss.to(work_dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
+        (grad_unit,) = ctx.saved_tensors
+        return grad_loss.to(grad_unit.dtype) * grad_unit, None, None, None, None, None
+
+
+def _unit_rows(weight: Tensor) -> Tensor:
+    """Rows scaled to norm 1, in fp32 (fp64 stays fp64), outside autocast."""
+    work = weight if weight.dtype == torch.float64 else weight.float()
+    with torch.autocast(weight.device.type, enabled=False):
+        return F.normalize(work, dim=1)
+
+
+def default_gram_dtype(weight: Tensor) -> torch.dtype:
+    """The autocast dtype of the weight's device when autocast is on, else fp32 (fp64 kept)."""
+    device_type = weight.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return torch.float64 if weight.dtype == torch.float64 else torch.float32
+
+
+def uniformity_loss(
+    weight: Tensor,
+    kind: str,
+    t: float = 2.0,
+    block_rows: int = 1024,
+    gram_dtype: torch.dtype | None = None,
+    fused: bool | None = None,
+) -> Tensor:
+    """Uniformity energy of the rows of ``weight`` [C, D] (any norms), a scalar to minimise.
+
+    ``fused`` compiles the elementwise work on each block into one kernel (torch.compile);
+    None means on CUDA only, where unfused it would move ~60 bytes per pair through memory
+    and cost about as much as the two matmuls.
+    """
+    unit = _unit_rows(weight)
+    _check(unit, kind)
+    if block_rows < 1:
+        raise LtrayError(f"uniformity block_rows must be >= 1, got {block_rows}")
+    gram_dtype = gram_dtype or default_gram_dtype(weight)
+    fused = unit.is_cuda if fused is None else fused
+    return _BlockedUniformity.apply(unit, kind, t, block_rows, gram_dtype, fused)
+
+
+def uniformity_loss_naive(weight: Tensor, kind: str, t: float = 2.0) -> Tensor:
+    """Reference: full Gram matrix, boolean off-diagonal mask, autograd (slow; tests, bench)."""
+    unit = _unit_rows(weight)
+    _check(unit, kind)
+    num_rows = unit.shape[0]
+    mask = ~torch.eye(num_rows, dtype=torch.bool, device=unit.device)
+    d2 = (2.0 - 2.0 * (unit @ unit.T)[mask]).clamp_min(D2_EPS)
+    if kind == "gaussian":
+        return d2.mul(-t).exp().mean().log()
+    if kind == "mhe_s0":
+        return (-0.5 * d2.log()).mean()
+    if kind == "mhe_s1":
+        return d2.rsqrt().mean()
+    return d2.reciprocal().mean()

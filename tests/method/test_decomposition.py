@@ -1,0 +1,96 @@
+"""The logit decomposition: accumulator vs a direct float64 computation, merging, geometry."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ltray.decomposition import DecompositionAccumulator, classifier_geometry
+
+C, D = 6, 5
+
+
+def data(seed=0, n=40):
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, D, generator=gen) * torch.rand(n, 1, generator=gen) * 4
+    labels = torch.randint(0, C - 1, (n,), generator=gen)  # class C-1 never appears
+    weight = torch.randn(C, D, generator=gen)
+    return features, labels, weight
+
+
+def direct(features, labels, weight):
+    """Per sample in float64 from the definitions, then per-class means."""
+    f, w = features.double(), weight.double()
+    rows = {c: [] for c in range(C)}
+    for x, y in zip(f, labels.tolist(), strict=True):
+        cos = [float(x @ w[j] / (x.norm() * w[j].norm())) for j in range(C)]
+        rows[y].append((float(x.norm()), cos[y], max(cos[j] for j in range(C) if j != y)))
+    mean = {
+        key: np.array([np.mean([r[k] for r in rows[c]]) if rows[c] else np.nan for c in range(C)])
+        for k, key in enumerate(("feature_norm_mean", "cos_target_mean", "cos_other_max_mean"))
+    }
+    mean["count"] = np.array([len(rows[c]) for c in range(C)])
+    mean["classifier_norm"] = w.norm(dim=1).numpy()
+    return mean
+
+
+def assert_matches(got, expected):
+    assert set(got) == set(expected)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_accumulator_matches_a_direct_float64_computation():
+    features, labels, weight = data()
+    acc = DecompositionAccumulator(C)
+    for start in range(0, len(labels), 16):  # batches of 16, 16, 8
+        acc.update(features[start : start + 16], labels[start : start + 16], weight)
+    got = acc.compute()
+    assert_matches(got, direct(features, labels, weight))
+    assert math.isnan(got["feature_norm_mean"][C - 1]) and got["count"][C - 1] == 0
+
+
+def test_merging_two_halves_by_summing_state_equals_the_whole():
+    features, labels, weight = data(1, n=50)
+    whole, first, second = (DecompositionAccumulator(C) for _ in range(3))
+    whole.update(features, labels, weight)
+    first.update(features[:17], labels[:17], weight)
+    second.update(features[17:], labels[17:], weight)
+    # what an all-reduce with SUM does to the state tensors of two ranks
+    merged = {k: v + second.state_tensors()[k] for k, v in first.state_tensors().items()}
+    first.load_state_tensors(merged)
+    for key, value in whole.compute().items():
+        np.testing.assert_allclose(first.compute()[key], value, rtol=1e-12, err_msg=key)
+    assert all(not torch.is_floating_point(v) or v.dtype == torch.float64 for v in merged.values())
+
+
+def test_reset_clears_the_sums():
+    features, labels, weight = data(2)
+    acc = DecompositionAccumulator(C)
+    acc.update(features, labels, weight)
+    acc.reset()
+    assert acc.compute()["count"].sum() == 0
+
+
+def test_classifier_geometry_matches_all_pairs():
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(23, 7, generator=gen)
+    geo = classifier_geometry(weight, block_rows=5)  # 23 = 4 blocks of 5 + 3
+    u = weight.double() / weight.double().norm(dim=1, keepdim=True)
+    angles = torch.rad2deg(torch.acos((u @ u.T).clamp(-1, 1)))
+    off = angles[~torch.eye(23, dtype=torch.bool)]
+    assert geo["angle_min"] == pytest.approx(off.min().item(), abs=1e-3)
+    assert geo["angle_mean"] == pytest.approx(off.mean().item(), abs=1e-3)
+    assert geo["angle_std"] == pytest.approx(off.std(unbiased=False).item(), abs=1e-3)
+    nearest = angles.masked_fill(torch.eye(23, dtype=torch.bool), math.inf).amin(dim=1)
+    np.testing.assert_allclose(geo["nearest_angle"], nearest.numpy(), atol=1e-3)
+
+
+def test_classifier_geometry_of_a_simplex():
+    c = 4  # regular simplex in R^3: every pair at arccos(-1/3)
+    simplex = torch.eye(c) - 1.0 / c
+    geo = classifier_geometry(simplex)
+    expected = math.degrees(math.acos(-1 / (c - 1)))
+    assert geo["angle_min"] == pytest.approx(expected, abs=1e-3)
+    assert geo["angle_std"] == pytest.approx(0.0, abs=1e-2)

@@ -1,0 +1,182 @@
+"""The uniformity term: formulas, blocked == naive, invariances, the simplex, bf16 accuracy."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from ltray.errors import LtrayError
+from ltray.losses import uniformity
+from ltray.losses.uniformity import UNIFORMITY_KINDS, uniformity_loss, uniformity_loss_naive
+
+T = 2.0
+
+
+def reference(weight, kind, t=T):
+    """The energy straight from its definition: a double loop over ordered pairs i != j."""
+    w = weight.double()
+    u = [w[i] / torch.sqrt((w[i] ** 2).sum()) for i in range(len(w))]
+    dist = [
+        torch.sqrt(((u[i] - u[j]) ** 2).sum()) for i, j in itertools.permutations(range(len(u)), 2)
+    ]
+    if kind == "mhe_s0":
+        return torch.stack([-torch.log(d) for d in dist]).mean()
+    if kind == "mhe_s1":
+        return torch.stack([1 / d for d in dist]).mean()
+    if kind == "mhe_s2":
+        return torch.stack([1 / d**2 for d in dist]).mean()
+    return torch.log(torch.stack([torch.exp(-t * d**2) for d in dist]).mean())
+
+
+def random_rows(c, d, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(c, d, generator=gen, dtype=dtype)
+
+
+@pytest.mark.parametrize("kind", UNIFORMITY_KINDS)
+def test_matches_the_formula(kind):
+    w = random_rows(9, 5)
+    expected = reference(w, kind)
+    torch.testing.assert_close(uniformity_loss(w, kind, t=T, block_rows=4), expected)
+    torch.testing.assert_close(uniformity_loss_naive(w, kind, t=T), expected)
+
+
+@pytest.mark.parametrize("kind", UNIFORMITY_KINDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_blocked_equals_naive_in_value_and_gradient(kind, dtype):
+    w1 = random_rows(37, 12, seed=1, dtype=dtype).requires_grad_()  # 37 = 3 blocks of 10 + 7
+    w2 = w1.detach().clone().requires_grad_()
+    blocked = uniformity_loss(w1, kind, t=T, block_rows=10)
+    naive = uniformity_loss_naive(w2, kind, t=T)
+    blocked.backward()
+    naive.backward()
+    tol = {} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(blocked, naive, **tol)
+    torch.testing.assert_close(w1.grad, w2.grad, **tol)
+    single = uniformity_loss(w1.detach(), kind, t=T, block_rows=1000)  # one block: plain
+    torch.testing.assert_close(single, blocked.detach(), **tol)
+
+
+@pytest.mark.parametrize("kind", UNIFORMITY_KINDS)
+def test_passes_gradcheck(kind):
+    w = random_rows(7, 4, seed=2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: uniformity_loss(x, kind, t=T, block_rows=3), (w,))
+
+
+@pytest.mark.parametrize("kind", UNIFORMITY_KINDS)
+def test_invariant_to_row_scaling_and_order(kind):
+    w = random_rows(11, 6, seed=3)
+    base = uniformity_loss(w, kind, block_rows=4)
+    scales = torch.rand(11, 1, dtype=torch.float64) * 10 + 0.1
+    torch.testing.assert_close(uniformity_loss(w * scales, kind, block_rows=4), base)
+    perm = torch.randperm(11, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(uniformity_loss(w[perm], kind, block_rows=4), base)
+
+
+@pytest.mark.parametrize("kind", UNIFORMITY_KINDS)
+def test_minimising_it_reaches_the_regular_simplex(kind):
+    c, d = 6, 8  # C <= d + 1: the optimum is the regular simplex, cos = -1 / (C - 1)
+    w = random_rows(c, d, seed=5, dtype=torch.float32).requires_grad_()
+    opt = torch.optim.Adam([w], lr=0.05)
+    for _ in range(400):
+        opt.zero_grad()
+        uniformity_loss(w, kind, t=T, block_rows=4).backward()
+        opt.step()
+    u = torch.nn.functional.normalize(w.detach(), dim=1)
+    cos = (u @ u.T)[~torch.eye(c, dtype=torch.bool)]
+    assert cos.sub(-1 / (c - 1)).abs().max().item() < 0.01
+
+
+@pytest.mark.parametrize("kind", UNIFORMITY_KINDS)
+def test_bf16_autocast_gram_is_within_tolerance_of_fp32(kind):
+    """The stated accuracy of the bf16 Gram for rows >= 30 degrees apart: the loss within 1e-3
+    relative and the gradient's cosine to fp32's at least 0.999."""
+    gen = torch.Generator().manual_seed(6)
+    base = torch.randn(100, 64, generator=gen)
+    w = torch.cat([base, base + 0.8 * torch.randn(100, 64, generator=gen)])  # close pairs
+    u = torch.nn.functional.normalize(w, dim=1)
+    closest = (u @ u.T).fill_diagonal_(-1).max().item()
+    assert 30 <= math.degrees(math.acos(closest)) < 35
+    w32 = w.clone().requires_grad_()
+    w16 = w.clone().requires_grad_()
+    exact = uniformity_loss(w32, kind, t=T, block_rows=64)
+    exact.backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = uniformity_loss(w16, kind, t=T, block_rows=64)
+        forced = uniformity_loss(w, kind, t=T, block_rows=64, gram_dtype=torch.float32)
+    fast.backward()
+    assert fast.dtype == torch.float32
+    assert abs(fast.item() - exact.item()) <= 1e-3 * abs(exact.item())
+    grad_cos = torch.nn.functional.cosine_similarity(w16.grad.flatten(), w32.grad.flatten(), 0)
+    assert grad_cos.item() >= 0.999
+    # it really took the bf16 path, and an explicit fp32 Gram overrides autocast
+    assert not torch.equal(w16.grad, w32.grad)
+    assert forced.item() == exact.item()
+
+
+def test_coincident_rows_are_clamped_and_pass_no_gradient_like_the_naive_clamp():
+    for kind in UNIFORMITY_KINDS:
+        # rows 0 and 1 coincide, row 2 is 1e-4 rad from them (d2 = 1e-8 < D2_EPS)
+        w = torch.tensor(
+            [[1.0, 0.0], [2.0, 0.0], [1.0, 1e-4], [0.0, 1.0]], dtype=torch.float64
+        ).requires_grad_()
+        w_naive = w.detach().clone().requires_grad_()
+        loss = uniformity_loss(w, kind)
+        naive = uniformity_loss_naive(w_naive, kind)
+        loss.backward()
+        naive.backward()
+        assert math.isfinite(loss.item())
+        torch.testing.assert_close(loss, naive)
+        torch.testing.assert_close(w.grad, w_naive.grad)
+
+
+@pytest.mark.parametrize("kind", UNIFORMITY_KINDS)
+def test_gradient_with_respect_to_the_unit_rows_themselves(kind):
+    """The custom backward is exact for unit rows, not only after normalisation's projection."""
+    u = torch.nn.functional.normalize(random_rows(9, 4, seed=9), dim=1).requires_grad_()
+    loss = uniformity._BlockedUniformity.apply(u, kind, T, 4, torch.float64, False)
+    (grad,) = torch.autograd.grad(loss, u)
+    u_ref = u.detach().clone().requires_grad_()
+    d2 = (2 - 2 * u_ref @ u_ref.T)[~torch.eye(9, dtype=torch.bool)]
+    potential = {
+        "mhe_s0": lambda x: (-0.5 * x.log()).mean(),
+        "mhe_s1": lambda x: x.rsqrt().mean(),
+        "mhe_s2": lambda x: x.reciprocal().mean(),
+        "gaussian": lambda x: x.mul(-T).exp().mean().log(),
+    }[kind]
+    (expected,) = torch.autograd.grad(potential(d2), u_ref)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_large_class_count_runs_blocked():
+    w = random_rows(2500, 32, seed=7, dtype=torch.float32).requires_grad_()
+    loss = uniformity_loss(w, "mhe_s2", block_rows=1024)
+    loss.backward()
+    assert w.grad.shape == w.shape
+    assert math.isfinite(loss.item())
+
+
+def test_bad_arguments_are_clear_errors():
+    w = random_rows(4, 3)
+    with pytest.raises(LtrayError, match="mhe_s2"):
+        uniformity_loss(w, "mhe_s3")
+    with pytest.raises(LtrayError, match="C >= 2"):
+        uniformity_loss(w[:1], "mhe_s2")
+    with pytest.raises(LtrayError, match="block_rows"):
+        uniformity_loss(w, "mhe_s2", block_rows=0)
+
+
+@pytest.mark.slow
+def test_fused_block_kernel_matches_eager():
+    """The torch.compile'd elementwise pass (the CUDA default) against eager, on the CPU."""
+    w = random_rows(64, 16, seed=8, dtype=torch.float32)  # 2 blocks of 32: one compiled graph
+    for kind in ("mhe_s0", "mhe_s2"):
+        eager_w, fused_w = w.clone().requires_grad_(), w.clone().requires_grad_()
+        eager = uniformity_loss(eager_w, kind, block_rows=32, fused=False)
+        fused = uniformity_loss(fused_w, kind, block_rows=32, fused=True)
+        eager.backward()
+        fused.backward()
+        torch.testing.assert_close(fused, eager)
+        torch.testing.assert_close(fused_w.grad, eager_w.grad)
+    assert not uniformity._fusion_failed  # it compiled, and did not fall back to eager
