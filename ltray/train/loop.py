@@ -276,7 +276,7 @@ class Trainer:
             counts.correct, counts.seen, self.groups, self.manifest.classes, prefix
         )
         metrics[f"{prefix}/loss"] = counts.loss_sum.item() / max(counts.seen.sum().item(), 1.0)
-        if self.num_classes > 100:  # per-class numbers go to the JSON artifact instead
+        if self.num_classes > 100:  # per-class numbers go to decomposition/epoch_NNNN.json
             metrics = {k: v for k, v in metrics.items() if "/acc_class/" not in k}
         return metrics, counts
 
@@ -294,6 +294,9 @@ class Trainer:
                 self.groups,
             )
             record.update(decomposition["metrics"])
+            accuracy = 100.0 * counts.correct / counts.seen.clamp_min(1.0)
+            decomposition["per_class"]["accuracy"] = accuracy.tolist()
+            decomposition["per_class"]["class"] = list(self.manifest.classes)
         return record, decomposition
 
     # --- stage 2 (crt, lws, tau_norm) --------------------------------------------------------

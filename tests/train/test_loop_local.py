@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import mlflow
 import pytest
 import torch
@@ -40,6 +43,10 @@ def test_local_run_logs_every_epoch_and_the_model(tiny_data, tmp_path):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == [0, 1, 2, 3]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "decomposition")}
     assert "decomposition/epoch_0002.json" in artifacts
+    saved = client.download_artifacts(run.info.run_id, "decomposition/epoch_0002.json", tmp_path)
+    table = json.loads(Path(saved).read_text())["per_class"]
+    for key in ("accuracy", "classifier_norm", "feature_norm_mean", "cos_target_mean", "group"):
+        assert len(table[key]) == 4, key
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
     # the same job again: already finished, nothing retrained, no second MLflow run
