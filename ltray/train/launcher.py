@@ -15,7 +15,7 @@ from ltray.config import JobConfig
 from ltray.data import read_manifest
 from ltray.errors import LtrayError
 from ltray.tracking import check_reachable, create_sqlite_folder, resolve_tracking_uri
-from ltray.train.loop import ERROR_METRIC, train_loop_per_worker
+from ltray.train.loop import FAILURE_FILE, train_loop_per_worker
 from ltray.train.storage import Storage
 
 
@@ -123,14 +123,16 @@ def _run_on_ray(job: JobConfig, config: dict[str, Any], storage: Storage) -> dic
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.storage.keep),
         ),
     )
+    failure = f"{config['run_name']}/{FAILURE_FILE}"
+    if storage.exists(failure):
+        storage.remove(failure)  # left by an earlier attempt of this job
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
         raise LtrayError(f"training run {config['run_name']} failed: {_root_cause(exc)}") from None
-    metrics = dict(result.metrics or {})
-    if ERROR_METRIC in metrics:
-        raise LtrayError(str(metrics[ERROR_METRIC]))
-    return metrics
+    if storage.exists(failure):
+        raise LtrayError(storage.read_bytes(failure).decode())
+    return dict(result.metrics or {})
 
 
 def _root_cause(exc: BaseException) -> str:

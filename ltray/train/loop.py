@@ -35,7 +35,7 @@ from ltray.train.schedule import lr_at, scaled_lr
 from ltray.train.session import LocalSession, RaySession, Session
 from ltray.train.storage import Storage
 
-ERROR_METRIC = "ltray_error"
+FAILURE_FILE = "failure.txt"
 
 
 class NonFiniteLoss(Exception):
@@ -460,8 +460,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ``--local``. ``config``: {"job": JobConfig as JSON, "run_name": str, "local": bool}."""
     job = JobConfig.model_validate(config["job"])
     run_name = config["run_name"]
+    storage = Storage(job.storage.url, job.storage.storage_options)
     if config.get("local"):
-        storage = Storage(job.storage.url, job.storage.storage_options)
         session: Session = LocalSession(storage, run_name, job.storage.keep)
     else:
         session = RaySession()
@@ -472,8 +472,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         trainer.tracker.finish("FAILED")
         if config.get("local"):
             raise LtrayError(str(exc)) from None
-        # reported, not raised: Ray would otherwise retry a deterministic failure max_failures times
-        session.report({ERROR_METRIC: str(exc)}, None)
+        # left for the launcher, not raised: Ray would retry a deterministic failure
+        # max_failures times (and Ray keeps only checkpointed reports' metrics)
+        if session.rank == 0:
+            storage.write_bytes(f"{run_name}/{FAILURE_FILE}", str(exc).encode())
         return
     if config.get("local"):
         config["result"] = final

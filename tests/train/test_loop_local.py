@@ -129,3 +129,21 @@ def test_selection_without_a_validation_split_is_refused(tiny_data, tmp_path):
     job = make_job(tiny_data, tmp_path, schedule={"select_by": "val/acc"})
     with pytest.raises(LtrayError, match=r"select_by='val/acc' needs a validation split"):
         run_job(job, local=True)
+
+
+def test_tracking_none_runs_without_mlflow(tiny_data, tmp_path):
+    job = make_job(tiny_data, tmp_path, tracking={"uri": "none"}, schedule={"epochs": 1})
+    assert "test/acc" in run_job(job, local=True).metrics
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_fresh_starts_over_in_a_new_mlflow_run(tiny_data, tmp_path):
+    job = make_job(tiny_data, tmp_path, schedule={"epochs": 1}, tracking={"log_model": False})
+    run_job(job, local=True)
+    run_job(job, local=True, fresh=True)
+    client = mlflow.MlflowClient(job.tracking.uri)
+    experiment = client.get_experiment_by_name(job.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    names = sorted(r.data.tags["ltray.run_name"] for r in runs)
+    assert len(runs) == 2 and names[1] == names[0] + "@superseded"
+    assert final_state(job)["epoch"] == 0  # the fresh run's own checkpoint

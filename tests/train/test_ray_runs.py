@@ -82,3 +82,19 @@ def test_data_and_checkpoints_on_s3(tiny_data, s3_options, tmp_path, local_ray):
     (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     params = str(run.data.params)
     assert s3_options["secret"] not in params and s3_options["key"] not in params
+
+
+def test_divergence_on_ray_fails_once_with_epoch_and_step(tiny_data, tmp_path, local_ray):
+    """Reported by the workers rather than raised, so Ray does not retry a deterministic failure
+    max_failures times; the launcher turns the report into one clear error."""
+    from ltray.errors import LtrayError
+
+    job = make_job(
+        tiny_data,
+        tmp_path,
+        optim={"lr": 1.0e12},
+        scaling={"num_workers": 2, "max_failures": 3},
+        tracking={"log_model": False},
+    )
+    with pytest.raises(LtrayError, match=r"non-finite at epoch 0 step \d"):
+        run_job(job)
