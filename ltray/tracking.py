@@ -188,8 +188,10 @@ class MlflowTracker:
                 model,
                 name="model",
                 input_example=example,
-                serialization_format="pickle",  # torch.export would fix the batch size
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ltray"],
+                # torch.export's graph: no pickle to trust, no ltray needed to load it; the
+                # example's batch of 2 keeps the batch dimension dynamic
+                serialization_format="pt2",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
 
     def finish(self, status: str = "FINISHED") -> None:

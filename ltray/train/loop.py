@@ -432,8 +432,9 @@ class Trainer:
     def _print_progress(self, record: dict[str, float]) -> None:
         if self.rank != 0:
             return
-        shown = ["train/loss_total", "val/acc", "val/acc_many", "val/acc_medium", "val/acc_few"]
-        parts = [f"{k.split('/')[-1]}={record[k]:.3f}" for k in shown if k in record]
+        p = self.eval_prefix
+        shown = ["train/loss_total", f"{p}/acc", f"{p}/acc_many", f"{p}/acc_medium", f"{p}/acc_few"]
+        parts = [f"{k}={record[k]:.2f}" for k in shown if k in record]
         rate = record.get("train/images_per_s", math.nan)
         print(
             f"[ltray] epoch {int(record['epoch'])}: {' '.join(parts)} ({rate:.0f} img/s)",
