@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from typing import Any
 
@@ -36,6 +37,13 @@ from ltray.train.session import LocalSession, RaySession, Session
 from ltray.train.storage import Storage
 
 FAILURE_FILE = "failure.txt"
+
+
+def say(line: str) -> None:
+    """One progress line. Not ``print``: Ray Train patches it into its logger and, with stdout
+    wrapped as it is in a worker, the line would show twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 class NonFiniteLoss(Exception):
@@ -353,7 +361,7 @@ class Trainer:
             self.restore(state)
         if self.final:
             if self.rank == 0:
-                print(f"[ltray] run {self.run_name} already finished; start fresh to rerun it")
+                say(f"[ltray] run {self.run_name} already finished; start fresh to rerun it")
             self.session.report(self.final, None)
             return self.final
         fresh = self.fresh and state is None
@@ -436,10 +444,7 @@ class Trainer:
         shown = ["train/loss_total", f"{p}/acc", f"{p}/acc_many", f"{p}/acc_medium", f"{p}/acc_few"]
         parts = [f"{k}={record[k]:.2f}" for k in shown if k in record]
         rate = record.get("train/images_per_s", math.nan)
-        print(
-            f"[ltray] epoch {int(record['epoch'])}: {' '.join(parts)} ({rate:.0f} img/s)",
-            flush=True,
-        )
+        say(f"[ltray] epoch {int(record['epoch'])}: {' '.join(parts)} ({rate:.0f} img/s)")
 
 
 class Predictor(torch.nn.Module):
