@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 
-from ltray.config import JobConfig
+from ltray.config import JobConfig, flatten, redact
 from ltray.data import StreamingImageDataset, make_loader, read_manifest
 from ltray.data.profiles import shot_groups
 from ltray.data.transforms import build_transform
@@ -32,6 +32,7 @@ from ltray.tracking import make_tracker
 from ltray.train.decomposition_summary import summarize_decomposition
 from ltray.train.device import Normalizer, Placement, wants_gpu
 from ltray.train.evaluate import EvalCounts, evaluate
+from ltray.train.provenance import git_commit
 from ltray.train.schedule import lr_at, scaled_lr
 from ltray.train.session import LocalSession, RaySession, Session
 from ltray.train.storage import Storage
@@ -410,8 +411,6 @@ class Trainer:
         self.tracker.log_model(predictor.cpu().eval(), example.numpy())
 
     def params(self) -> dict[str, Any]:
-        from ltray.config import flatten, redact
-
         params = flatten(redact(self.job.model_dump(mode="json")))
         params.update(
             {"run_name": self.run_name, "world_size": self.world, "peak_lr": self.peak_lr}
@@ -427,8 +426,6 @@ class Trainer:
         return ",".join(f"{rank}@{node}" for rank, node in enumerate(nodes))
 
     def tags(self, worker_nodes: str) -> dict[str, str]:
-        from ltray.train.provenance import git_commit
-
         return {
             "ltray.worker_nodes": worker_nodes,
             "ltray.dataset": self.job.data.url.split("?")[0],

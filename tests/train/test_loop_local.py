@@ -147,3 +147,17 @@ def test_fresh_starts_over_in_a_new_mlflow_run(tiny_data, tmp_path):
     names = sorted(r.data.tags["ltray.run_name"] for r in runs)
     assert len(runs) == 2 and names[1] == names[0] + "@superseded"
     assert final_state(job)["epoch"] == 0  # the fresh run's own checkpoint
+
+
+def test_bf16_autocast_path_runs_on_the_cpu(tiny_data, tmp_path):
+    """The GPU recipe's precision (bf16 autocast) exercised where CI can run it."""
+    job = make_job(
+        tiny_data,
+        tmp_path,
+        loss={"name": "dr"},
+        scaling={"precision": "bf16"},
+        schedule={"epochs": 1},
+        tracking={"uri": "none"},
+    )
+    final = run_job(job, local=True).metrics
+    assert 0.0 <= final["test/acc"] <= 100.0
