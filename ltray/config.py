@@ -224,6 +224,11 @@ class TrackingConfig(Section):
         "sqlite:///mlflow.db", description="MLflow tracking URI, an http(s) server, or 'none'"
     )
     experiment: str = "ltray"
+    artifact_location: str | None = Field(
+        None,
+        description="where a new experiment keeps artifacts; default: beside a SQLite store "
+        "(mlartifacts/ next to the .db file), the server's choice for an mlflow server",
+    )
     log_model: bool = True
 
     @property

@@ -36,6 +36,15 @@ def resolve_tracking_uri(uri: str) -> str:
     return uri
 
 
+def default_artifact_location(uri: str) -> str | None:
+    """``mlartifacts/`` beside a SQLite store, as an absolute path. Left to MLflow, it would be
+    ``./mlruns`` in the working folder of whichever process creates the experiment: inside a
+    Ray worker that is a temporary session folder, and the artifacts would be lost."""
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts")
+    return None
+
+
 def create_sqlite_folder(uri: str) -> None:
     """A ``sqlite:///runs/mlflow.db`` store's folder is made on first use, like the file."""
     if uri.startswith("sqlite:///"):
@@ -87,12 +96,13 @@ class NullTracker:
 
 
 class MlflowTracker:
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None) -> None:
         import mlflow
 
         self.mlflow = mlflow
         self.uri = uri
         self.experiment = experiment
+        self.artifact_location = artifact_location or default_artifact_location(uri)
         self.run_id: str | None = None
         self._logged: set[int] = set()
         mlflow.set_tracking_uri(uri)
@@ -102,7 +112,9 @@ class MlflowTracker:
         found = self.client.get_experiment_by_name(self.experiment)
         if found is not None:
             return found.experiment_id
-        return self.client.create_experiment(self.experiment)
+        return self.client.create_experiment(
+            self.experiment, artifact_location=self.artifact_location
+        )
 
     def _find_run(self, experiment_id: str, run_name: str) -> str | None:
         runs = self.client.search_runs(
@@ -199,7 +211,9 @@ class MlflowTracker:
             self.client.set_terminated(self.run_id, status=status)
 
 
-def make_tracker(uri: str, experiment: str, rank: int) -> MlflowTracker | NullTracker:
+def make_tracker(
+    uri: str, experiment: str, rank: int, artifact_location: str | None = None
+) -> MlflowTracker | NullTracker:
     if rank != 0 or uri.lower() == "none":
         return NullTracker()
-    return MlflowTracker(uri, experiment)
+    return MlflowTracker(uri, experiment, artifact_location)

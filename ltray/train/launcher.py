@@ -34,8 +34,12 @@ def absolutize(job: JobConfig) -> JobConfig:
             update={"url": str(Path(job.storage.url).resolve())}
         )
     uri = resolve_tracking_uri(job.tracking.uri)
-    if uri != job.tracking.uri:
-        update["tracking"] = job.tracking.model_copy(update={"uri": uri})
+    artifacts = job.tracking.artifact_location
+    if artifacts and "://" not in artifacts:
+        artifacts = str(Path(artifacts).resolve())
+    update["tracking"] = job.tracking.model_copy(
+        update={"uri": uri, "artifact_location": artifacts}
+    )
     return job.model_copy(update=update)
 
 

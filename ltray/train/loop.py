@@ -120,7 +120,10 @@ class Trainer:
         self.peak_lr = scaled_lr(job.optim, self.world)
         self.optimizer = self._optimizer()
         self.normalize = Normalizer(self.placement, data.mean, data.std)
-        self.tracker = make_tracker(job.tracking.uri, job.tracking.experiment, self.rank)
+        tracking = job.tracking
+        self.tracker = make_tracker(
+            tracking.uri, tracking.experiment, self.rank, tracking.artifact_location
+        )
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
         self.final: dict[str, float] = {}

@@ -38,6 +38,8 @@ def test_local_run_logs_every_epoch_and_the_model(tiny_data, tmp_path):
     assert epochs == [0, 1, 2]
     assert run.data.params["loss.name"] == "dr" and run.data.params["data.storage_options"] == "***"
     assert run.data.tags["ltray.method"] == "dr"
+    # artifacts beside the SQLite store, not in some process's working folder
+    assert run.info.artifact_uri.startswith(f"{tmp_path}/mlartifacts/")
     assert "decomp/angle_min_deg" in run.data.metrics
     # no validation split in this data set: per-epoch evaluation runs on test, named so
     assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == [0, 1, 2, 3]
