@@ -1,19 +1,15 @@
 """The ``ltray`` command. Each subcommand validates its input at the edge and prints one clear
-``error: ...`` line (exit 1) for anything the user can get wrong."""
+``error: ...`` line (exit 1) for anything the user can get wrong (``exit_on_error``)."""
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
-from ltray.errors import LtrayError
-
-F = TypeVar("F", bound=Callable[..., Any])
+from ltray.cli_prepare import app as prepare_app
+from ltray.cli_prepare import exit_on_error
 
 app = typer.Typer(
     name="ltray",
@@ -22,33 +18,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def user_errors(fn: F) -> F:
-    """Turn an LtrayError into one line on stderr and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except LtrayError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _mount_prepare() -> None:
-    from ltray.cli_prepare import app as prepare_app
-
-    app.add_typer(prepare_app, name="prepare", help="Write a data set as Parquet shards.")
-
-
-_mount_prepare()
+app.add_typer(prepare_app, name="prepare", help="Write a data set as Parquet shards.")
 
 
 @app.command()
-@user_errors
 def train(
     job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/cifar10_lt.yaml")],
     overrides: Annotated[
@@ -66,8 +39,9 @@ def train(
     from ltray.config import load_job
     from ltray.train.launcher import run_job
 
-    job = load_job(job_file, overrides or [])
-    result = run_job(job, local=local, fresh=fresh)
+    with exit_on_error():
+        job = load_job(job_file, overrides or [])
+        result = run_job(job, local=local, fresh=fresh)
     _print_final(result.run_name, result.metrics)
 
 
@@ -80,7 +54,6 @@ def _print_final(run_name: str, final: dict[str, float]) -> None:
 
 
 @app.command()
-@user_errors
 def demo(
     job: Annotated[Path, typer.Option(help="the demo job file")] = Path("jobs/demo.yaml"),
     local: Annotated[bool, typer.Option("--local", help="train without Ray")] = False,
@@ -88,7 +61,8 @@ def demo(
     """The whole path on a small generated data set: prepare, train, and where to look."""
     from ltray.demo import run_demo
 
-    run_demo(job, local=local)
+    with exit_on_error():
+        run_demo(job, local=local)
 
 
 def main() -> None:  # pragma: no cover - console entry point

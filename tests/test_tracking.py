@@ -1,17 +1,10 @@
 """MLflow tracking against a real SQLite store: resume finds the run, epochs are logged once."""
 
-import socket
-
 import pytest
+from processes import free_port
 
 from ltray.errors import LtrayError
 from ltray.tracking import MlflowTracker, check_reachable, metric_key, resolve_tracking_uri
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_relative_sqlite_uri_becomes_absolute(tmp_path, monkeypatch):
