@@ -33,9 +33,11 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 
-from ltray.data import StreamingImageDataset, make_loader, read_manifest, sources
+from ltray.data import read_manifest
 from ltray.data.decode import decode_rgb
-from ltray.data.prepare import PrepareOptions, prepare, prepare_from
+from ltray.data.prepare import sources
+from ltray.data.prepare.orchestrator import PrepareOptions, prepare, prepare_from
+from ltray.data.stream import StreamingImageDataset, make_loader
 from ltray.errors import LtrayError
 
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"

@@ -356,23 +356,6 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
     return validate_job(raw, source=str(path))
 
 
-SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "auth")
-
-
-def _is_secret(key: Any) -> bool:
-    key = str(key).lower()
-    return key == "storage_options" or any(word in key for word in SECRET_WORDS)
-
-
-def redact(value: Any) -> Any:
-    """A copy with every value under a secret-looking key (and all storage options) as '***'."""
-    if isinstance(value, dict):
-        return {k: "***" if _is_secret(k) else redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
-
-
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
     if not isinstance(value, dict):

@@ -1,5 +1,7 @@
 """The ``ltray`` command's edge: one ``error: ...`` line and exit status 1 on bad input."""
 
+from collections import Counter
+
 from typer.testing import CliRunner
 
 from ltray.cli import app
@@ -15,6 +17,23 @@ def test_train_with_a_config_typo_prints_one_error_line(tmp_path):
     ]
 
 
-def test_demo_without_its_job_file_says_where_to_run_it(tmp_path):
-    result = CliRunner().invoke(app, ["demo", "--job", str(tmp_path / "missing.yaml")])
-    assert result.exit_code == 1 and "run `ltray demo` from the ltray checkout" in result.stderr
+def test_demo_with_a_missing_job_file_names_it(tmp_path):
+    missing = tmp_path / "missing.yaml"
+    result = CliRunner().invoke(app, ["demo", "--job", str(missing)])
+    assert result.exit_code == 1
+    assert (
+        result.stderr.strip() == f"error: cannot read job file {missing}: No such file or directory"
+    )
+
+
+def test_the_packaged_demo_job_spans_many_medium_and_few():
+    from ltray.cli.demo import load_demo_job
+    from ltray.data import shot_groups
+    from ltray.data.prepare import sources
+
+    job = load_demo_job()
+    assert job.name == "demo" and job.data.url == "./ltray-demo/synthetic-lt"
+    per_class = Counter(item.label for item in sources.synthetic().splits["train"])
+    counts = [per_class[c] for c in sorted(per_class)]
+    groups = shot_groups(counts, job.data.many_threshold, job.data.few_threshold)
+    assert Counter(groups) == {"many": 3, "medium": 4, "few": 3}

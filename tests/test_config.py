@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ltray.config import JobConfig, apply_overrides, load_job, redact, validate_job
+from ltray.config import JobConfig, apply_overrides, load_job, validate_job
 from ltray.errors import LtrayError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,16 +99,6 @@ def test_run_name_is_deterministic_and_ignores_where_it_runs():
     c = validate_job(minimal(loss={"margin": 0.3}))
     assert a.run_name() == b.run_name() != c.run_name()
     assert a.run_name().startswith("t-")
-
-
-def test_redact_hides_secrets_and_storage_options():
-    raw = {
-        "data": {"url": "s3://b", "storage_options": {"key": "AKIA", "secret": "s"}},
-        "tracking": {"api_token": "t", "uri": "http://x"},
-    }
-    out = redact(raw)
-    assert out["data"]["storage_options"] == "***" and out["tracking"]["api_token"] == "***"
-    assert out["tracking"]["uri"] == "http://x" and "AKIA" not in str(out)
 
 
 def test_bad_yaml_and_missing_file(tmp_path):

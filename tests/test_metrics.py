@@ -1,6 +1,6 @@
 import torch
 
-from ltray.metrics import accuracy_report
+from ltray.analysis.accuracy import accuracy_report
 
 
 def test_group_accuracy_is_mean_of_class_accuracies():

@@ -12,10 +12,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ltray.data import fs
-from ltray.data.fs import StorageOptions
+from ltray import fs
 from ltray.data.profiles import shot_groups
 from ltray.errors import LtrayError
+from ltray.fs import StorageOptions
+from ltray.secrets import redact_url
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "ltray-dataset"
@@ -81,7 +82,7 @@ class Manifest:
 
     def split(self, split: str) -> SplitInfo:
         if split not in self.splits:
-            where = f" in {fs.redact_url(self.url)}" if self.url else ""
+            where = f" in {redact_url(self.url)}" if self.url else ""
             raise LtrayError(
                 f"no split {split!r}{where}; it has: {', '.join(self.splits) or 'none'}"
             )
@@ -158,7 +159,7 @@ class Manifest:
 def read_manifest(url: str, storage_options: StorageOptions = None) -> Manifest:
     """Read ``url/manifest.json``; missing (no data set, or half-written) raises LtrayError."""
     path = fs.join_url(url, MANIFEST_NAME)
-    shown = fs.redact_url(url)
+    shown = redact_url(url)
     if not fs.exists(path, storage_options):
         if not fs.exists(url, storage_options):
             raise LtrayError(f"no data set at {shown}: it does not exist")
@@ -172,8 +173,8 @@ def read_manifest(url: str, storage_options: StorageOptions = None) -> Manifest:
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LtrayError(f"{fs.redact_url(path)}: not valid JSON ({exc})") from None
-    manifest = Manifest.from_json(data, fs.redact_url(path))
+        raise LtrayError(f"{redact_url(path)}: not valid JSON ({exc})") from None
+    manifest = Manifest.from_json(data, redact_url(path))
     manifest.url = str(url)
     return manifest
 

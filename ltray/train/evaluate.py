@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from ltray.decomposition import DecompositionAccumulator
+from ltray.analysis.decomposition import DecompositionAccumulator
 from ltray.train.device import Normalizer, Placement
 
 

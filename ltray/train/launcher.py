@@ -15,8 +15,8 @@ from ltray.config import JobConfig
 from ltray.data import read_manifest
 from ltray.errors import LtrayError
 from ltray.tracking import check_reachable, create_sqlite_folder, resolve_tracking_uri
-from ltray.train.loop import FAILURE_FILE, train_loop_per_worker
 from ltray.train.storage import Storage
+from ltray.train.trainer import FAILURE_FILE, train_loop_per_worker
 
 
 def _is_local_path(url: str) -> bool:

@@ -1,6 +1,6 @@
 """Run storage on any fsspec URL: checkpoints and the writability probe.
 
-A thin folder view over :mod:`ltray.data.fs`, which already scrubs credentials from errors and
+A thin folder view over :mod:`ltray.fs`, which already scrubs credentials from errors and
 writes files atomically.
 """
 
@@ -10,8 +10,9 @@ import os
 import uuid
 from typing import Any
 
-from ltray.data import fs
+from ltray import fs
 from ltray.errors import LtrayError
+from ltray.secrets import redact_url
 
 
 class Storage:
@@ -50,10 +51,10 @@ class Storage:
             self.write_bytes(probe, b"ok")
             self.remove(probe)
         except LtrayError as exc:
-            raise LtrayError(f"storage {fs.redact_url(self.url)} is not writable: {exc}") from None
+            raise LtrayError(f"storage {redact_url(self.url)} is not writable: {exc}") from None
         except OSError as exc:
             raise LtrayError(
-                f"storage {fs.redact_url(self.url)} is not writable: {exc.strerror or exc}"
+                f"storage {redact_url(self.url)} is not writable: {exc.strerror or exc}"
             ) from None
 
     def pyarrow_filesystem(self) -> tuple[str, Any]:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ltray.data import sources
-from ltray.data.prepare import PrepareOptions, prepare
-from ltray.data.writer import ShardLayout
+from ltray.data.prepare import sources
+from ltray.data.prepare.orchestrator import PrepareOptions, prepare
+from ltray.data.shards import ShardLayout
 
 
 def image_bytes(seed: int, size: int = 12, fmt: str = "JPEG") -> bytes:

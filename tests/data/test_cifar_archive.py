@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from ltray.cli_prepare import app
-from ltray.data import StreamingImageDataset, build_transform, make_loader, read_manifest
+from ltray.cli.prepare import app
+from ltray.data import read_manifest
+from ltray.data.stream import StreamingImageDataset, build_transform, make_loader
 
 CIFAR10_LT_100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()

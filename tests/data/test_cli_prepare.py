@@ -3,11 +3,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ltray.cli_prepare import app
+from ltray.cli.prepare import app
 from ltray.data import read_manifest
 
 COMMANDS = ["cifar-lt", "imagefolder", "imagenet-lt", "inat18", "synthetic"]
-FAST = ["--test-per-class", "5", "--n-max", "40"]
+FAST = ["--test-per-class", "5", "--n-max", "40", "--imbalance", "10"]
 
 
 def run(*args):

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ltray.data import order
+from ltray.data.stream import order
 
 LAYOUT = [[7, 5], [9], [3, 3, 3], [1]]  # 31 rows in 7 units over 4 shards
 N = 31

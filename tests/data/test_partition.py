@@ -1,6 +1,6 @@
 import pytest
 
-from ltray.data import partition
+from ltray.data.stream import partition
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 10, 101])

@@ -9,10 +9,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ltray.data import fs, sources
+from ltray import fs
 from ltray.data.manifest import read_manifest
-from ltray.data.prepare import PrepareOptions, prepare, prepare_from
-from ltray.data.writer import ShardLayout
+from ltray.data.prepare import sources
+from ltray.data.prepare.orchestrator import PrepareOptions, prepare, prepare_from
+from ltray.data.shards import ShardLayout
 from ltray.errors import LtrayError
 
 LAYOUT = ShardLayout(shard_rows=4, row_group_rows=2)
@@ -183,7 +184,7 @@ def test_a_different_unfinished_prepare_is_refused(small_tree, tmp_path):
 
 
 def test_memory_url_round_trip(make_synthetic_plan):
-    from ltray.data import StreamingImageDataset, make_loader
+    from ltray.data.stream import StreamingImageDataset, make_loader
 
     url = "memory://ltray-tests/synthetic"
     try:
@@ -212,9 +213,9 @@ def test_parallel_prepare_matches_serial(make_synthetic_plan, tmp_path):
 
 KILLABLE = """
 import sys
-from ltray.data import sources
-from ltray.data.prepare import PrepareOptions, prepare
-from ltray.data.writer import ShardLayout
+from ltray.data.prepare import sources
+from ltray.data.prepare.orchestrator import PrepareOptions, prepare
+from ltray.data.shards import ShardLayout
 plan = sources.synthetic(classes=10, n_max=600, imbalance=2, image_size=48, test_per_class=0)
 prepare(plan, sys.argv[1], PrepareOptions(layout=ShardLayout(shard_rows=150), workers=1))
 """
@@ -244,7 +245,7 @@ def test_killed_prepare_subprocess_resumes(tmp_path):
 
 
 def test_file_url_round_trip(small_tree, tmp_path):
-    from ltray.data import StreamingImageDataset, make_loader
+    from ltray.data.stream import StreamingImageDataset, make_loader
 
     url = f"file://{tmp_path}/viaurl"
     _prepare_tree(small_tree, url)

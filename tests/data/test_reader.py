@@ -6,15 +6,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ltray.data import (
-    StreamingImageDataset,
-    build_transform,
-    epoch_batches,
-    make_loader,
-    read_manifest,
-    sources,
-)
-from ltray.data.prepare import PrepareOptions, prepare_from
+from ltray.data import read_manifest
+from ltray.data.prepare import sources
+from ltray.data.prepare.orchestrator import PrepareOptions, prepare_from
+from ltray.data.stream import StreamingImageDataset, build_transform, epoch_batches, make_loader
 from ltray.errors import LtrayError
 
 BATCH = 16
@@ -185,7 +180,7 @@ def test_bad_arguments(synth_ds):
 
 def test_reader_holds_a_bounded_number_of_rows(synth_ds, monkeypatch):
     """Never the whole split: at most the shuffle buffer plus the row groups in flight."""
-    from ltray.data import reader
+    from ltray.data.stream import dataset as reader
 
     peak = [0]
     original = reader.StreamingImageDataset._collate

@@ -6,8 +6,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ltray.cli_prepare import app
-from ltray.data import StreamingImageDataset, fs, make_loader, read_manifest
+from ltray import fs
+from ltray.cli.prepare import app
+from ltray.data import read_manifest
+from ltray.data.stream import StreamingImageDataset, make_loader
 from ltray.errors import LtrayError
 
 BUCKET = "ltray-test"
@@ -15,7 +17,7 @@ BUCKET = "ltray-test"
 
 @pytest.fixture(scope="module", autouse=True)
 def bucket(s3_options):
-    from ltray.data import fs as ltray_fs
+    from ltray import fs as ltray_fs
 
     filesystem, _ = ltray_fs.get_fs(f"s3://{BUCKET}", s3_options)
     if not filesystem.exists(BUCKET):
@@ -87,7 +89,7 @@ def test_s3_errors_carry_no_credentials(s3_options, tmp_path):
 
 
 def test_truncated_shard_on_s3_is_named(s3_options, make_synthetic_plan):
-    from ltray.data.prepare import PrepareOptions, prepare
+    from ltray.data.prepare.orchestrator import PrepareOptions, prepare
 
     out = f"s3://{BUCKET}/datasets/synth"
     prepare(make_synthetic_plan(), out, PrepareOptions(storage_options=s3_options, workers=1))

@@ -5,9 +5,10 @@ import tarfile
 import numpy as np
 import pytest
 
-from ltray.data import listed, sources
-from ltray.data.items import read_item
-from ltray.data.synthetic import render_array
+from ltray.data.prepare import list_sources as listed
+from ltray.data.prepare import sources
+from ltray.data.prepare.image_refs import read_item
+from ltray.data.prepare.synthetic import render_array
 from ltray.errors import LtrayError
 
 

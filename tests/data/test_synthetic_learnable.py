@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from ltray.data import StreamingImageDataset, build_transform, make_loader, sources
-from ltray.data.prepare import PrepareOptions, prepare
+from ltray.data.prepare import sources
+from ltray.data.prepare.orchestrator import PrepareOptions, prepare
+from ltray.data.stream import StreamingImageDataset, build_transform, make_loader
 
 
 @pytest.fixture

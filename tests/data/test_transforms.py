@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltray.data.transforms import AUGMENTS, build_transform, random_resized_crop_box
+from ltray.data.stream.transforms import AUGMENTS, build_transform, random_resized_crop_box
 from ltray.errors import LtrayError
 
 

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ltray.data.writer import ShardLayout, cut_by_size, encode_shard, shard_path
+from ltray.data.shards import ShardLayout, cut_by_size, encode_shard, shard_path
 
 
 def test_cut_by_size_rows_and_bytes():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltray.decomposition import DecompositionAccumulator, classifier_geometry
+from ltray.analysis.decomposition import DecompositionAccumulator, classifier_geometry
 
 C, D = 6, 5
 

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from ltray.config import DecoupledConfig
-from ltray.decoupled import class_balanced_batches, run_decoupled
 from ltray.errors import LtrayError
 from ltray.models import CosineHead, LinearHead
+from ltray.train.decoupled import class_balanced_batches, run_decoupled
 
 C, D = 10, 16
 
@@ -139,7 +139,7 @@ def test_bad_arguments_are_clear_errors(setup):
 
 
 def test_balanced_subset_draws_the_rarest_count_of_every_class():
-    from ltray.decoupled import balanced_subset
+    from ltray.train.decoupled import balanced_subset
 
     labels = torch.tensor([0] * 50 + [1] * 7 + [2] * 20)
     chosen = balanced_subset(labels, torch.Generator().manual_seed(0))

@@ -59,7 +59,7 @@ def test_two_worker_run_completes_with_its_mlflow_run(
 
 
 def test_data_and_checkpoints_on_s3(tiny_data, s3_options, tmp_path, local_ray):
-    from ltray.data import fs as ltray_fs
+    from ltray import fs as ltray_fs
     from ltray.train.session import CHECKPOINT_FILE
 
     filesystem, _ = ltray_fs.get_fs("s3://ltray-runs", s3_options)

@@ -1,7 +1,7 @@
 """The streaming reader training uses: whole collated batches in an exact, resumable order.
 
 ``StreamingImageDataset`` is a torch IterableDataset that yields batches itself, so that the
-order of batches a rank sees is the pure function of :mod:`ltray.data.order`. Each worker
+order of batches a rank sees is the pure function of :mod:`ltray.data.stream.order`. Each worker
 reads only the row groups of its own rows, shard by shard through fsspec + pyarrow, one row
 group ahead of decoding, checks each shard's size against the manifest (and its sha256 when
 asked), decodes JPEG/PNG with torchvision.io and applies the transform with a generator seeded
@@ -23,12 +23,14 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ltray.data import fs, order, partition
+from ltray import fs
 from ltray.data.decode import decode_rgb
-from ltray.data.fs import StorageOptions
 from ltray.data.manifest import Manifest, ShardInfo, read_manifest
-from ltray.data.transforms import Transform
+from ltray.data.stream import order, partition
+from ltray.data.stream.transforms import Transform
 from ltray.errors import LtrayError
+from ltray.fs import StorageOptions
+from ltray.secrets import redact_url
 
 COLUMNS = ["image", "label", "id"]
 _OPEN_SHARDS = 4
@@ -70,7 +72,7 @@ class ShardReader:
         info = self.shards[shard]
         url = self.url(shard)
         if not fs.exists(url, self.storage_options):
-            raise LtrayError(f"shard {info.path} is missing from {fs.redact_url(self.root)}")
+            raise LtrayError(f"shard {info.path} is missing from {redact_url(self.root)}")
         size = fs.file_size(url, self.storage_options)
         if size != info.bytes:
             raise LtrayError(
@@ -165,7 +167,7 @@ def _read_ahead(reader: ShardReader, units: list[tuple[int, int]]) -> Iterator[t
 
 
 class StreamingImageDataset(IterableDataset):
-    """Batches of one split of a prepared data set; see :mod:`ltray.data.order` for the order.
+    """Batches of one split of a prepared data set, in the order of :mod:`ltray.data.stream.order`.
 
     Each item is a dict: ``image`` uint8 [B, 3, H, W] (H = W = the transform's size; without a
     transform all images of a batch must share a size), ``label`` int64 [B], ``index`` int64

@@ -20,10 +20,11 @@ import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ltray.data import fs
-from ltray.data.fs import StorageOptions
-from ltray.data.items import FileRef, Item, Ref, TarRef
+from ltray import fs
+from ltray.data.prepare.image_refs import FileRef, Item, Ref, TarRef
 from ltray.errors import LtrayError
+from ltray.fs import StorageOptions
+from ltray.secrets import redact_url
 
 SPLIT_NAMES = ("train", "val", "test")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -81,7 +82,7 @@ def list_dir_tree(src: str, storage_options: StorageOptions = None) -> Tree:
         if not filesystem.exists(root):
             raise FileNotFoundError(src)
         if not filesystem.isdir(root):
-            raise LtrayError(f"{fs.redact_url(src)}: not a folder or a .tar/.tar.gz archive")
+            raise LtrayError(f"{redact_url(src)}: not a folder or a .tar/.tar.gz archive")
         entries = filesystem.find(root, detail=True)
         folders = (
             filesystem.find(root, withdirs=True, detail=True) if fs.is_local(filesystem) else {}
@@ -115,14 +116,14 @@ def _decompress(src: str, scratch: str, storage_options: StorageOptions) -> str:
         except (gzip.BadGzipFile, EOFError, OSError) as exc:
             if isinstance(exc, (FileNotFoundError, PermissionError)):
                 raise
-            raise LtrayError(f"{fs.redact_url(src)}: not a readable .tar.gz ({exc})") from None
+            raise LtrayError(f"{redact_url(src)}: not a readable .tar.gz ({exc})") from None
     return out
 
 
 def list_tar_tree(src: str, scratch: str, storage_options: StorageOptions = None) -> Tree:
     """Every regular member of a tar; compressed archives are decompressed to ``scratch``."""
     if not fs.exists(src, storage_options):
-        raise LtrayError(f"{fs.redact_url(src)}: not found")
+        raise LtrayError(f"{redact_url(src)}: not found")
     compressed = str(src).lower().endswith((".gz", ".tgz"))
     tar_url = _decompress(src, scratch, storage_options) if compressed else src
     opts = None if compressed else storage_options
@@ -141,7 +142,7 @@ def list_tar_tree(src: str, scratch: str, storage_options: StorageOptions = None
                         ref = TarRef(tar_url, member.offset_data, member.size)
                         files.append(TreeFile(rel, ref, member.size))
         except tarfile.TarError as exc:
-            raise LtrayError(f"{fs.redact_url(src)}: not a readable tar archive ({exc})") from None
+            raise LtrayError(f"{redact_url(src)}: not a readable tar archive ({exc})") from None
     return Tree(files, _with_parents(dirs, (f.rel for f in files)))
 
 
@@ -169,7 +170,7 @@ def _find_root(tree: Tree) -> str:
 
 def split_classes(tree: Tree, src: str) -> ClassTree:
     """Cut a tree into splits and classes; classes are the train class folders, sorted."""
-    shown = fs.redact_url(src)
+    shown = redact_url(src)
     root = _find_root(tree)
     top = _children(tree.dirs, root)
     split_dirs = {posixpath.basename(d): d for d in top if posixpath.basename(d) in SPLIT_NAMES}

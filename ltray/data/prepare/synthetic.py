@@ -12,13 +12,25 @@ from __future__ import annotations
 import colorsys
 import io
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 
-from ltray.data.items import SyntheticRef
-
 FORMATS = ("jpeg", "png")
 _GOLDEN = 0.6180339887498949
+
+
+@dataclass(frozen=True)
+class SyntheticRef:
+    """One generated image: a pure function of (seed, split, label, index)."""
+
+    seed: int
+    split: str
+    label: int
+    index: int
+    num_classes: int
+    image_size: int
+    fmt: str
 
 
 def class_style(label: int) -> tuple[tuple[float, float, float], int, float]:

@@ -1,10 +1,11 @@
 """``ltray prepare``: turn a source's items into Parquet shards and a manifest, in parallel.
 
-One task is one shard (:mod:`ltray.data.tasks`): a worker process reads its items' bytes,
-validates every image, writes the shard (to any fsspec URL) and then a small marker. A re-run of
-the same prepare (same fingerprint: source parameters, shard layout, validation and every
-(id, label)) keeps each shard whose marker matches the file's size and sha256 and redoes the
-rest, so an interrupted prepare resumes (:mod:`ltray.data.outdir` decides what OUT allows).
+One task is one shard (:mod:`ltray.data.prepare.shard_task`): a worker process reads its items'
+bytes, validates every image, writes the shard (to any fsspec URL) and then a small marker. A
+re-run of the same prepare (same fingerprint: source parameters, shard layout, validation and
+every (id, label)) keeps each shard whose marker matches the file's size and sha256 and redoes
+the rest, so an interrupted prepare resumes (:mod:`ltray.data.prepare.out_folder` decides what
+OUT allows).
 ``manifest.json`` is written last; then ``_prepare/`` is removed.
 
 Bad images (unreadable, not JPEG/PNG, or not decodable) are skipped, counted and listed in
@@ -29,16 +30,23 @@ from typing import Any
 
 import numpy as np
 
-from ltray.data import fs
-from ltray.data.fs import StorageOptions
-from ltray.data.items import FileRef, Item
+from ltray import fs
 from ltray.data.manifest import PROGRESS_DIR, VERSION, Manifest, SplitInfo, write_manifest
-from ltray.data.outdir import REPORT_NAME, check_out, write_plan_marker
+from ltray.data.prepare.image_refs import FileRef, Item
+from ltray.data.prepare.out_folder import REPORT_NAME, check_out, write_plan_marker
+from ltray.data.prepare.shard_task import (
+    ShardResult,
+    ShardTask,
+    finished_shard,
+    init_worker,
+    run_shard_task,
+)
+from ltray.data.prepare.sources import SourcePlan
 from ltray.data.profiles import shot_groups
-from ltray.data.sources import SourcePlan
-from ltray.data.tasks import ShardResult, ShardTask, finished_shard, init_worker, run_shard_task
-from ltray.data.writer import ShardLayout, cut_by_size
+from ltray.data.shards import ShardLayout, cut_by_size
 from ltray.errors import LtrayError
+from ltray.fs import StorageOptions
+from ltray.secrets import redact_url
 
 __all__ = ["REPORT_NAME", "PrepareOptions", "PrepareResult", "prepare", "prepare_from"]
 
@@ -382,7 +390,7 @@ def prepare(
     if tally.exceeded:
         error = LtrayError(
             f"{tally.bad} of {total_items} images are bad (more than --max-bad-fraction "
-            f"{options.max_bad_fraction:g}); see {fs.redact_url(report_url)}"
+            f"{options.max_bad_fraction:g}); see {redact_url(report_url)}"
         )
         error.report = report  # the CLI lists the bad images
         raise error

@@ -9,8 +9,6 @@ RNG state as well, so a resumed run ends where an uninterrupted run ends.
 from __future__ import annotations
 
 import contextlib
-import math
-import sys
 import time
 from typing import Any
 
@@ -19,32 +17,26 @@ import torch.distributed as dist
 from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 
-from ltray.config import JobConfig, flatten, redact
-from ltray.data import StreamingImageDataset, make_loader, read_manifest
+from ltray.analysis.accuracy import accuracy_report
+from ltray.analysis.decomposition import summarize_decomposition
+from ltray.config import JobConfig
+from ltray.data import read_manifest
 from ltray.data.profiles import shot_groups
-from ltray.data.transforms import build_transform
-from ltray.decoupled import balanced_subset, run_decoupled
+from ltray.data.stream import StreamingImageDataset, make_loader
+from ltray.data.stream.transforms import build_transform
 from ltray.errors import LtrayError
 from ltray.losses import build_loss
-from ltray.metrics import accuracy_report
 from ltray.models import build_model
 from ltray.tracking import make_tracker
-from ltray.train.decomposition_summary import summarize_decomposition
+from ltray.train.decoupled import balanced_subset, run_decoupled
 from ltray.train.device import Normalizer, Placement, wants_gpu
 from ltray.train.evaluate import EvalCounts, evaluate
-from ltray.train.provenance import git_commit
+from ltray.train.run_info import Predictor, progress_line, run_params, run_tags, say, worker_nodes
 from ltray.train.schedule import lr_at, scaled_lr
 from ltray.train.session import LocalSession, RaySession, Session
 from ltray.train.storage import Storage
 
 FAILURE_FILE = "failure.txt"
-
-
-def say(line: str) -> None:
-    """One progress line. Not ``print``: Ray Train patches it into its logger and, with stdout
-    wrapped as it is in a worker, the line would show twice."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 class NonFiniteLoss(Exception):
@@ -156,6 +148,7 @@ class Trainer:
             transform=build_transform(data.augment if train else "none", data.image_size, train),
             storage_options=data.storage_options,
             verify_sha256=data.verify_sha256,
+            manifest=self.manifest,
         )
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -369,8 +362,9 @@ class Trainer:
             self.session.report(self.final, None)
             return self.final
         fresh = self.fresh and state is None
-        tags = self.tags(self._worker_nodes())
-        self.tracker.start(self.run_name, self.params(), tags, fresh=fresh)
+        nodes = worker_nodes(self.session, self.distributed)
+        params = run_params(self.job, self.run_name, self.world, self.peak_lr)
+        self.tracker.start(self.run_name, params, run_tags(self.job, nodes), fresh=fresh)
         self.tracker.fill_missing(self.history)
 
         for epoch in range(self.start_epoch, self.job.schedule.epochs):
@@ -383,7 +377,8 @@ class Trainer:
             self.tracker.log_epoch(epoch, {k: v for k, v in record.items() if k != "epoch"})
             if decomposition is not None:
                 self.tracker.log_json(f"decomposition/epoch_{epoch:04d}.json", decomposition)
-            self._print_progress(record)
+            if self.rank == 0:
+                say(progress_line(record, self.eval_prefix))
 
         final: dict[str, float] = {}
         if self.job.loss.is_decoupled:
@@ -412,53 +407,6 @@ class Trainer:
         example = torch.zeros(2, 3, self.job.data.image_size, self.job.data.image_size)
         predictor = Predictor(self.model, self.criterion, self.job.data.mean, self.job.data.std)
         self.tracker.log_model(predictor.cpu().eval(), example.numpy())
-
-    def params(self) -> dict[str, Any]:
-        params = flatten(redact(self.job.model_dump(mode="json")))
-        params.update(
-            {"run_name": self.run_name, "world_size": self.world, "peak_lr": self.peak_lr}
-        )
-        return params
-
-    def _worker_nodes(self) -> str:
-        """'rank@node' of every worker, so a run shows where it ran."""
-        nodes = [self.session.node]
-        if self.distributed:
-            nodes = [None] * self.world
-            dist.all_gather_object(nodes, self.session.node)
-        return ",".join(f"{rank}@{node}" for rank, node in enumerate(nodes))
-
-    def tags(self, worker_nodes: str) -> dict[str, str]:
-        return {
-            "ltray.worker_nodes": worker_nodes,
-            "ltray.dataset": self.job.data.url.split("?")[0],
-            "ltray.method": self.job.loss.name,
-            "ltray.arch": self.job.model.arch,
-            "mlflow.source.git.commit": git_commit() or "unknown",
-        }
-
-    def _print_progress(self, record: dict[str, float]) -> None:
-        if self.rank != 0:
-            return
-        p = self.eval_prefix
-        shown = ["train/loss_total", f"{p}/acc", f"{p}/acc_many", f"{p}/acc_medium", f"{p}/acc_few"]
-        parts = [f"{k}={record[k]:.2f}" for k in shown if k in record]
-        rate = record.get("train/images_per_s", math.nan)
-        say(f"[ltray] epoch {int(record['epoch'])}: {' '.join(parts)} ({rate:.0f} img/s)")
-
-
-class Predictor(torch.nn.Module):
-    """What MLflow serves: normalised float images in, prediction logits out."""
-
-    def __init__(self, model, criterion, mean, std) -> None:
-        super().__init__()
-        self.model = model
-        self.criterion = criterion
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.criterion.predict_logits(self.model((images - self.mean) / self.std))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

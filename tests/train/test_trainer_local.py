@@ -11,7 +11,7 @@ import torch
 from train_support import make_job
 
 from ltray.errors import LtrayError
-from ltray.train import loop as loop_module
+from ltray.train import trainer as trainer_module
 from ltray.train.launcher import absolutize, run_job
 from ltray.train.session import LocalSession
 from ltray.train.storage import Storage
@@ -64,17 +64,17 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(
     run_job(reference, local=True)
 
     crashing = make_job(tiny_data, tmp_path / "b", **sections)
-    original = loop_module.Trainer.train_epoch
+    original = trainer_module.Trainer.train_epoch
 
     def crash_in_epoch_2(self, epoch):
         if epoch == 2:
             raise RuntimeError("simulated node loss")
         return original(self, epoch)
 
-    monkeypatch.setattr(loop_module.Trainer, "train_epoch", crash_in_epoch_2)
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", crash_in_epoch_2)
     with pytest.raises(RuntimeError, match="simulated"):
         run_job(crashing, local=True)
-    monkeypatch.setattr(loop_module.Trainer, "train_epoch", original)
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", original)
     run_job(crashing, local=True)
 
     expected, resumed = final_state(reference)["model"], final_state(crashing)["model"]
@@ -89,7 +89,7 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_last_checkpoint(
     tiny_data, tmp_path, monkeypatch
 ):
     job = make_job(tiny_data, tmp_path, schedule={"epochs": 3})  # 3 steps an epoch
-    original = loop_module.TrainModule.forward
+    original = trainer_module.TrainModule.forward
     calls = []
 
     def nan_after_three_steps(self, images, labels):
@@ -99,7 +99,7 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_last_checkpoint(
             result = result._replace(total=result.total * float("nan"))
         return result
 
-    monkeypatch.setattr(loop_module.TrainModule, "forward", nan_after_three_steps)
+    monkeypatch.setattr(trainer_module.TrainModule, "forward", nan_after_three_steps)
     with pytest.raises(LtrayError, match=r"non-finite at epoch 1 step 0"):
         run_job(job, local=True)
     state = final_state(job)

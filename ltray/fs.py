@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -19,40 +18,12 @@ import fsspec
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from ltray.config import SECRET_WORDS
 from ltray.errors import LtrayError
+from ltray.secrets import redact_url, scrub
 
 StorageOptions = Mapping[str, Any] | None
 
-_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 _CHUNK = 1 << 20
-
-
-def redact_url(url: str) -> str:
-    """The URL without any ``user:password@`` part."""
-    return _URL_USERINFO.sub(r"\1***@", str(url))
-
-
-def _secret_values(options: Any, under_secret: bool = False) -> list[str]:
-    found: list[str] = []
-    if isinstance(options, Mapping):
-        for key, value in options.items():
-            secret = under_secret or any(w in str(key).lower() for w in SECRET_WORDS)
-            found.extend(_secret_values(value, secret))
-    elif isinstance(options, (list, tuple)):
-        for value in options:
-            found.extend(_secret_values(value, under_secret))
-    elif under_secret and isinstance(options, str) and len(options) >= 3:
-        found.append(options)
-    return found
-
-
-def scrub(text: str, storage_options: StorageOptions = None) -> str:
-    """``text`` with secret storage-option values and URL passwords replaced by '***'."""
-    text = redact_url(str(text))
-    for secret in sorted(_secret_values(storage_options or {}), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 def join_url(base: str, *parts: str) -> str:

@@ -15,8 +15,9 @@ from typing import IO
 
 import numpy as np
 
-from ltray.data import fs
-from ltray.data.fs import StorageOptions
+from ltray import fs
+from ltray.data.prepare.synthetic import SyntheticRef, render
+from ltray.fs import StorageOptions
 
 
 @dataclass(frozen=True)
@@ -37,17 +38,6 @@ class ArrayRef:
 
     pickle_path: str
     index: int
-
-
-@dataclass(frozen=True)
-class SyntheticRef:
-    seed: int
-    split: str
-    label: int
-    index: int
-    num_classes: int
-    image_size: int
-    fmt: str
 
 
 Ref = FileRef | TarRef | ArrayRef | SyntheticRef
@@ -76,8 +66,6 @@ def read_item(item: Item, storage_options: StorageOptions = None) -> bytes:
     if isinstance(ref, ArrayRef):
         return encode_png(cifar_pickle_images(ref.pickle_path, storage_options)[ref.index])
     if isinstance(ref, SyntheticRef):
-        from ltray.data.synthetic import render
-
         return render(ref)
     raise TypeError(f"unknown item reference {type(ref).__name__}")
 

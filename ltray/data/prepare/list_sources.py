@@ -11,11 +11,12 @@ import json
 import posixpath
 from typing import Any
 
-from ltray.data import fs
-from ltray.data.fs import StorageOptions
-from ltray.data.items import FileRef, Item
-from ltray.data.sources import SourcePlan, flatten
+from ltray import fs
+from ltray.data.prepare.image_refs import FileRef, Item
+from ltray.data.prepare.sources import SourcePlan, flatten
 from ltray.errors import LtrayError
+from ltray.fs import StorageOptions
+from ltray.secrets import redact_url
 
 # --- ImageNet-LT ---------------------------------------------------------------------------
 
@@ -25,7 +26,7 @@ def _read_text(url: str, storage_options: StorageOptions) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise LtrayError(f"{fs.redact_url(url)}: not a UTF-8 text file") from None
+        raise LtrayError(f"{redact_url(url)}: not a UTF-8 text file") from None
 
 
 def parse_list_file(text: str, name: str) -> list[tuple[str, int, int]]:
@@ -55,7 +56,7 @@ def read_class_names(url: str, storage_options: StorageOptions) -> list[str]:
             return [str(c) for c in json.loads(text)]
         except json.JSONDecodeError as exc:
             raise LtrayError(
-                f"{fs.redact_url(url)} line {exc.lineno}: not valid JSON ({exc.msg})"
+                f"{redact_url(url)} line {exc.lineno}: not valid JSON ({exc.msg})"
             ) from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -95,7 +96,7 @@ def imagenet_lt(
 ) -> SourcePlan:
     """ImageNet-LT from its list files ImageNet_LT_{train,val,test}.txt under ``lists``."""
     if not fs.exists(images, storage_options):
-        raise LtrayError(f"--images {fs.redact_url(images)}: not found")
+        raise LtrayError(f"--images {redact_url(images)}: not found")
     found: dict[str, list[tuple[str, int, int]]] = {}
     for split in ("train", "val", "test"):
         url = fs.join_url(lists, f"ImageNet_LT_{split}.txt")
@@ -124,7 +125,7 @@ def imagenet_lt(
     per_class = _per_class(splits["train"], n)
     _empty_classes_check(per_class, classes, "ImageNet_LT_train.txt")
     params = {"num_classes": n, "seed": seed}
-    origin = {"images": fs.redact_url(images), "lists": fs.redact_url(lists)}
+    origin = {"images": redact_url(images), "lists": redact_url(lists)}
     profile = _given_profile(per_class, seed)
     return SourcePlan("imagenet-lt", classes, splits, profile, params, origin)
 
@@ -177,7 +178,7 @@ def inat18(
 ) -> SourcePlan:
     """iNaturalist 2018 from train2018.json / val2018.json (labels: category ids sorted)."""
     if not fs.exists(images, storage_options):
-        raise LtrayError(f"--images {fs.redact_url(images)}: not found")
+        raise LtrayError(f"--images {redact_url(images)}: not found")
     train = _load_json(fs.join_url(annotations, "train2018.json"), storage_options)
     try:
         categories = sorted(train["categories"], key=lambda c: c["id"])
@@ -194,6 +195,6 @@ def inat18(
     per_class = _per_class(splits["train"], n)
     _empty_classes_check(per_class, classes, "train2018.json")
     splits = {s: flatten(_per_class(items, n)) for s, items in splits.items()}
-    origin = {"images": fs.redact_url(images), "annotations": fs.redact_url(annotations)}
+    origin = {"images": redact_url(images), "annotations": redact_url(annotations)}
     profile = _given_profile(per_class, seed)
     return SourcePlan("inat18", classes, splits, profile, {"seed": seed}, origin)

@@ -1,6 +1,6 @@
 """Which rows a rank and a data-loader worker read: pure functions of sizes and counts.
 
-Per epoch the split is one permuted stream of rows (see :mod:`ltray.data.order`). Rank r of W
+Per epoch the split is one permuted stream of rows (see :mod:`ltray.data.stream.order`). Rank r of W
 takes the contiguous stretch ``[floor(r N / W), floor((r+1) N / W))`` of it, so every row is
 read exactly once across ranks and stretches differ by at most one row; ranks may therefore
 yield one batch more or less than each other (``drop_last`` evens them out by dropping each

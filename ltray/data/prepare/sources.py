@@ -2,9 +2,9 @@
 
 A source returns a :class:`SourcePlan` (classes in label order, each split's items, the
 profile, and the parameters that define the data set); it reads no image bytes. The worker
-processes of :mod:`ltray.data.prepare` read, validate and write them. Here: image folders,
-CIFAR (archive, folder or pickles) and the synthetic set; ImageNet-LT and iNaturalist, which
-come with list and annotation files, are in :mod:`ltray.data.listed`.
+processes of :mod:`ltray.data.prepare.orchestrator` read, validate and write them. Here: image
+folders, CIFAR (archive, folder or pickles) and the synthetic set; ImageNet-LT and iNaturalist,
+which come with list and annotation files, are in :mod:`ltray.data.prepare.list_sources`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from ltray.data import fs
-from ltray.data.fs import StorageOptions
-from ltray.data.items import ArrayRef, Item, SyntheticRef, load_pickle
+from ltray import fs
+from ltray.data.prepare.class_trees import ClassTree, list_tree, split_classes
+from ltray.data.prepare.image_refs import ArrayRef, Item, load_pickle
+from ltray.data.prepare.synthetic import FORMATS, SyntheticRef
 from ltray.data.profiles import long_tail_counts
-from ltray.data.synthetic import FORMATS
-from ltray.data.trees import ClassTree, list_tree, split_classes
 from ltray.errors import LtrayError
+from ltray.fs import StorageOptions
+from ltray.secrets import redact_url
 
 CIFAR = {"cifar10": (10, 5000), "cifar100": (100, 500)}
 
@@ -116,7 +117,7 @@ def imagefolder(
     """A class-per-folder tree or a .tar/.tar.gz of one (split folders train/val/test optional)."""
     tree = split_classes(list_tree(src, scratch, storage_options), src)
     plan = _tree_plan("imagefolder", tree, imbalance, profile, seed, None, val_fraction)
-    plan.origin = {"src": fs.redact_url(src)}
+    plan.origin = {"src": redact_url(src)}
     return plan
 
 
@@ -147,11 +148,11 @@ def _cifar_pickle_split(
         try:
             labels = load_pickle(path, storage_options)[label_key]
         except (KeyError, EOFError, ValueError, TypeError) as exc:
-            raise LtrayError(f"{fs.redact_url(path)}: not a CIFAR pickle ({exc})") from None
+            raise LtrayError(f"{redact_url(path)}: not a CIFAR pickle ({exc})") from None
         for i, label in enumerate(labels):
             if not 0 <= int(label) < n:
                 raise LtrayError(
-                    f"{fs.redact_url(path)}: image {i} has label {label}, not in [0, {n})"
+                    f"{redact_url(path)}: image {i} has label {label}, not in [0, {n})"
                 )
             per_class[int(label)].append(
                 Item(f"{name}/{i:05d}", int(label), ArrayRef(path, i), 2500)
@@ -192,7 +193,7 @@ def cifar_lt(
         raise LtrayError(f"--dataset must be one of {', '.join(CIFAR)}, got {dataset!r}")
     num_classes, n_max = CIFAR[dataset]
     if not fs.exists(src, storage_options):
-        raise LtrayError(f"{fs.redact_url(src)}: not found")
+        raise LtrayError(f"{redact_url(src)}: not found")
     found = (
         None
         if str(src).lower().endswith((".tar", ".gz", ".tgz"))
@@ -201,19 +202,19 @@ def cifar_lt(
     if found is not None:
         folder, kind = found
         if kind != dataset:
-            raise LtrayError(f"{fs.redact_url(src)} holds {kind}, but --dataset is {dataset}")
+            raise LtrayError(f"{redact_url(src)} holds {kind}, but --dataset is {dataset}")
         tree = _cifar_from_pickles(folder, dataset, storage_options)
     else:
         tree = split_classes(list_tree(src, scratch, storage_options), src)
     if len(tree.classes) != num_classes:
         raise LtrayError(
-            f"{fs.redact_url(src)}: has {len(tree.classes)} classes; {dataset} has {num_classes}"
+            f"{redact_url(src)}: has {len(tree.classes)} classes; {dataset} has {num_classes}"
         )
     if "test" not in tree.splits:
-        raise LtrayError(f"{fs.redact_url(src)}: no test split (expected train/ and test/)")
+        raise LtrayError(f"{redact_url(src)}: no test split (expected train/ and test/)")
     plan = _tree_plan("cifar-lt", tree, imbalance, profile, seed, n_max)
     plan.params["dataset"] = dataset
-    plan.origin = {"src": fs.redact_url(src)}
+    plan.origin = {"src": redact_url(src)}
     return plan
 
 
@@ -224,14 +225,18 @@ def synthetic(
     *,
     classes: int = 10,
     n_max: int = 200,
-    imbalance: float = 10.0,
+    imbalance: float = 20.0,
     profile: str = "exp",
     image_size: int = 32,
     test_per_class: int = 50,
     seed: int = 0,
     fmt: str = "jpeg",
 ) -> SourcePlan:
-    """A generated long-tailed set: striped class patterns (see ltray.data.synthetic)."""
+    """A generated long-tailed set: striped class patterns (see ltray.data.prepare.synthetic).
+
+    The defaults (10 classes, 200 ... 10 train images) span all three frequency groups at the
+    usual thresholds: 3 many (> 100), 4 medium and 3 few (< 20), as the real benchmarks do.
+    """
     if classes < 2:
         raise LtrayError(f"--classes must be at least 2, got {classes}")
     if not 8 <= image_size <= 1024:

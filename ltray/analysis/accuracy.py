@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-GROUPS = ("many", "medium", "few")
+from ltray.data.profiles import GROUPS
 
 
 def accuracy_report(

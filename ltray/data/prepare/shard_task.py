@@ -10,12 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ltray.data import fs
+from ltray import fs
 from ltray.data.decode import check_image
-from ltray.data.items import Item, read_item
 from ltray.data.manifest import PROGRESS_DIR, ShardInfo
-from ltray.data.writer import ShardLayout, encode_shard, sha256_hex, shard_path
+from ltray.data.prepare.image_refs import Item, read_item
+from ltray.data.shards import ShardLayout, encode_shard, sha256_hex, shard_path
 from ltray.errors import LtrayError
+from ltray.secrets import scrub
 
 
 @dataclass
@@ -77,7 +78,7 @@ def run_shard_task(task: ShardTask, report: Callable[[int], None] | None = None)
             data = read_item(item, task.storage_options)
             reason = check_image(data, task.validate)
         except Exception as exc:  # noqa: BLE001 - one bad item must not stop the prepare
-            detail = fs.scrub(str(exc), task.storage_options).strip().splitlines()
+            detail = scrub(str(exc), task.storage_options).strip().splitlines()
             reason = f"unreadable: {detail[0] if detail else type(exc).__name__}"
         if reason is None:
             images.append(data)

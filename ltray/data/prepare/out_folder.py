@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 
-from ltray.data import fs
-from ltray.data.fs import StorageOptions
+from ltray import fs
 from ltray.data.manifest import MANIFEST_NAME, PROGRESS_DIR, Manifest, read_manifest
 from ltray.errors import LtrayError
+from ltray.fs import StorageOptions
+from ltray.secrets import redact_url
 
 REPORT_NAME = "prepare-report.json"
 PLAN_MARKER = "plan.json"
@@ -47,7 +48,7 @@ def check_out(
 ) -> Manifest | None:
     """Decide what to do with OUT: the finished manifest if it already holds this data set,
     else None after making OUT ready (refusing a different data set unless overwrite)."""
-    shown = fs.redact_url(out)
+    shown = redact_url(out)
     splits = sorted(set(splits) | {"train", "val", "test"})
     if fs.exists(fs.join_url(out, MANIFEST_NAME), opts):
         try:

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from ltray.data import fs
+from ltray import fs
 from ltray.errors import LtrayError
 
 OPTS = {
@@ -10,14 +10,6 @@ OPTS = {
     "secret": "s3cr3t-value",
     "client_kwargs": {"endpoint_url": "http://h:1"},
 }
-
-
-def test_scrub_removes_secrets_and_url_passwords():
-    text = "failed s3://AKIAEXAMPLEKEY:s3cr3t-value@bucket/x with key AKIAEXAMPLEKEY"
-    out = fs.scrub(text, OPTS)
-    assert "AKIAEXAMPLEKEY" not in out and "s3cr3t-value" not in out
-    assert "http://h:1" in fs.scrub("endpoint http://h:1", OPTS)  # not a secret
-    assert fs.redact_url("https://user:pw@host/p") == "https://***@host/p"
 
 
 def test_join_url():

@@ -2,14 +2,18 @@
 
 Mounted by the main CLI as ``app.add_typer(prepare_app, name="prepare")``. Every command shows
 a progress bar on stderr, prints a summary on stdout, and on bad input prints one line
-``error: ...`` to stderr and exits 1 (see :func:`exit_on_error`).
+``error: ...`` to stderr and exits 1 (see :func:`ltray.cli.console.exit_on_error`). The options
+every command shares are declared once (:func:`prepare_command`).
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import inspect
 import json
-from collections.abc import Callable, Iterator, Mapping
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,13 +30,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ltray.data import listed, sources
-from ltray.data.fs import redact_url, scrub
-from ltray.data.prepare import REPORT_NAME, PrepareOptions, PrepareResult, prepare_from
+from ltray.cli.console import exit_on_error
+from ltray.data.prepare import list_sources, sources
+from ltray.data.prepare.orchestrator import REPORT_NAME, PrepareOptions, PrepareResult, prepare_from
+from ltray.data.prepare.sources import SourcePlan
 from ltray.data.profiles import GROUPS
-from ltray.data.sources import SourcePlan
-from ltray.data.writer import ShardLayout
+from ltray.data.shards import ShardLayout
 from ltray.errors import LtrayError
+from ltray.secrets import redact_url, scrub
 
 app = typer.Typer(
     help="Write a data set: OUT/manifest.json + OUT/<split>/part-NNNNN.parquet (OUT: path or URL).",
@@ -41,23 +46,7 @@ app = typer.Typer(
 )
 STORAGE_ENV = "LTRAY_STORAGE_OPTIONS"
 _MiB = 1 << 20
-
-
-@contextlib.contextmanager
-def exit_on_error(storage_options: Mapping[str, Any] | None = None) -> Iterator[None]:
-    """Turn an LtrayError into ``error: <one line>`` on stderr and exit code 1.
-
-    Secrets in ``storage_options`` are scrubbed from the message; Ctrl-C exits 130.
-    """
-    try:
-        yield
-    except LtrayError as exc:
-        line = " ".join(scrub(str(exc), storage_options).split()) or "failed"
-        typer.echo(f"error: {line}", err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        typer.echo("error: interrupted; run the same command again to resume", err=True)
-        raise typer.Exit(130) from None
+PlanMaker = Callable[..., Callable[[str], SourcePlan]]
 
 
 class Profile(str, Enum):
@@ -134,33 +123,80 @@ def parse_storage_options(text: str | None) -> dict[str, Any]:
     return value
 
 
-def _options(
-    storage: dict[str, Any],
-    overwrite: bool,
-    workers: int,
-    shard_rows: int,
-    shard_mb: float,
-    row_group_rows: int,
-    row_group_mb: float,
-    max_bad_fraction: float,
-    validate: Validate,
-    scratch_dir: Path | None,
-) -> PrepareOptions:
+@dataclass(frozen=True)
+class _Shared:
+    """An option every prepare command takes: its name, type and typer declaration."""
+
+    name: str
+    annotation: Any
+    default: Any
+
+
+_SHARED = (
+    _Shared("overwrite", Overwrite, False),
+    _Shared("workers", Workers, 0),
+    _Shared("shard_rows", ShardRows, 1_000_000),
+    _Shared("shard_mb", ShardMb, 128.0),
+    _Shared("row_group_rows", GroupRows, 1024),
+    _Shared("row_group_mb", GroupMb, 32.0),
+    _Shared("max_bad_fraction", MaxBad, 0.01),
+    _Shared("validate", ValidateOpt, Validate.decode),
+    _Shared("storage_options", StorageOpt, None),
+    _Shared("scratch_dir", ScratchOpt, None),
+)
+
+
+def _prepare_options(shared: dict[str, Any]) -> PrepareOptions:
     layout = ShardLayout(
-        shard_rows=shard_rows,
-        shard_bytes=max(1, int(shard_mb * _MiB)),
-        row_group_rows=row_group_rows,
-        row_group_bytes=max(1, int(row_group_mb * _MiB)),
+        shard_rows=shared["shard_rows"],
+        shard_bytes=max(1, int(shared["shard_mb"] * _MiB)),
+        row_group_rows=shared["row_group_rows"],
+        row_group_bytes=max(1, int(shared["row_group_mb"] * _MiB)),
     )
+    scratch = shared["scratch_dir"]
     return PrepareOptions(
         layout=layout,
-        workers=workers,
-        max_bad_fraction=max_bad_fraction,
-        validate=validate.value,
-        overwrite=overwrite,
-        storage_options=storage,
-        scratch_dir=str(scratch_dir) if scratch_dir else None,
+        workers=shared["workers"],
+        max_bad_fraction=shared["max_bad_fraction"],
+        validate=shared["validate"].value,
+        overwrite=shared["overwrite"],
+        storage_options=parse_storage_options(shared["storage_options"]),
+        scratch_dir=str(scratch) if scratch else None,
     )
+
+
+def prepare_command(name: str) -> Callable[[PlanMaker], PlanMaker]:
+    """Register ``ltray prepare NAME``. The decorated function takes its own options plus
+    ``storage`` (the parsed storage options) and returns the plan maker; the options every
+    command shares (OUT's layout, workers, validation, storage options) are added here, once."""
+
+    def register(func: PlanMaker) -> PlanMaker:
+        hints = typing.get_type_hints(func, include_extras=True)
+        own = [
+            p.replace(annotation=hints[p.name])
+            for p in inspect.signature(func).parameters.values()
+            if p.name != "storage"
+        ]
+        shared = [
+            inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, default=s.default,
+                              annotation=s.annotation)
+            for s in _SHARED
+        ]  # fmt: skip
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> None:
+            values = {s.name: kwargs.pop(s.name) for s in _SHARED}
+            with exit_on_error():
+                options = _prepare_options(values)
+                make_plan = func(**kwargs, storage=options.storage_options)
+            _run(make_plan, kwargs["out"], options)
+
+        command.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in own + shared}
+        app.command(name)(command)
+        return func
+
+    return register
 
 
 def _progress_bar() -> Progress:
@@ -241,7 +277,7 @@ def _run(make_plan: Callable[[str], SourcePlan], out: str, options: PrepareOptio
         typer.echo(scrub(_summary(result, out), options.storage_options))
 
 
-@app.command("cifar-lt")
+@prepare_command("cifar-lt")
 def cifar_lt(
     src: Annotated[
         str, typer.Argument(help="cifar10-jpeg.tar.gz, an extracted image folder, or the pickles")
@@ -251,24 +287,10 @@ def cifar_lt(
     dataset: Annotated[CifarDataset, typer.Option(help="Which CIFAR.")] = CifarDataset.cifar10,
     profile: Annotated[Profile, typer.Option(help="Long-tail profile.")] = Profile.exp,
     seed: Seed = 0,
-    overwrite: Overwrite = False,
-    workers: Workers = 0,
-    shard_rows: ShardRows = 1_000_000,
-    shard_mb: ShardMb = 128.0,
-    row_group_rows: GroupRows = 1024,
-    row_group_mb: GroupMb = 32.0,
-    max_bad_fraction: MaxBad = 0.01,
-    validate: ValidateOpt = Validate.decode,
-    storage_options: StorageOpt = None,
-    scratch_dir: ScratchOpt = None,
-) -> None:
+    *,
+    storage: dict[str, Any],
+) -> PlanMaker:
     """CIFAR-10/100-LT: the first n_c images of class c, n_c = int(n_max * IF^(-c/(C-1)))."""
-    with exit_on_error():
-        storage = parse_storage_options(storage_options)
-    options = _options(
-        storage, overwrite, workers, shard_rows, shard_mb, row_group_rows, row_group_mb,
-        max_bad_fraction, validate, scratch_dir,
-    )  # fmt: skip
 
     def make_plan(scratch: str) -> SourcePlan:
         return sources.cifar_lt(
@@ -276,10 +298,10 @@ def cifar_lt(
             seed=seed, storage_options=storage,
         )  # fmt: skip
 
-    _run(make_plan, out, options)
+    return make_plan
 
 
-@app.command("imagefolder")
+@prepare_command("imagefolder")
 def imagefolder(
     src: Annotated[str, typer.Argument(help="A class-per-folder tree, or a .tar/.tar.gz of one.")],
     out: Annotated[str, typer.Argument(help="Output folder or URL.")],
@@ -292,24 +314,10 @@ def imagefolder(
         typer.Option(min=0.0, max=1.0, help="Carve a seeded per-class val split from train."),
     ] = None,
     seed: Seed = 0,
-    overwrite: Overwrite = False,
-    workers: Workers = 0,
-    shard_rows: ShardRows = 1_000_000,
-    shard_mb: ShardMb = 128.0,
-    row_group_rows: GroupRows = 1024,
-    row_group_mb: GroupMb = 32.0,
-    max_bad_fraction: MaxBad = 0.01,
-    validate: ValidateOpt = Validate.decode,
-    storage_options: StorageOpt = None,
-    scratch_dir: ScratchOpt = None,
-) -> None:
+    *,
+    storage: dict[str, Any],
+) -> PlanMaker:
     """Any image-folder tree: SRC/<class>/**/<image>, or SRC/train/<class>/... (val/, test/)."""
-    with exit_on_error():
-        storage = parse_storage_options(storage_options)
-    options = _options(
-        storage, overwrite, workers, shard_rows, shard_mb, row_group_rows, row_group_mb,
-        max_bad_fraction, validate, scratch_dir,
-    )  # fmt: skip
 
     def make_plan(scratch: str) -> SourcePlan:
         return sources.imagefolder(
@@ -317,10 +325,10 @@ def imagefolder(
             seed=seed, storage_options=storage,
         )  # fmt: skip
 
-    _run(make_plan, out, options)
+    return make_plan
 
 
-@app.command("imagenet-lt")
+@prepare_command("imagenet-lt")
 def imagenet_lt(
     images: Annotated[str, typer.Option(help="Root the list files' paths are relative to.")],
     lists: Annotated[str, typer.Option(help="Folder of ImageNet_LT_{train,val,test}.txt.")],
@@ -332,71 +340,43 @@ def imagenet_lt(
         int | None, typer.Option(min=1, help="Number of classes (default: from the lists).")
     ] = None,
     seed: Seed = 0,
-    overwrite: Overwrite = False,
-    workers: Workers = 0,
-    shard_rows: ShardRows = 1_000_000,
-    shard_mb: ShardMb = 128.0,
-    row_group_rows: GroupRows = 1024,
-    row_group_mb: GroupMb = 32.0,
-    max_bad_fraction: MaxBad = 0.01,
-    validate: ValidateOpt = Validate.decode,
-    storage_options: StorageOpt = None,
-    scratch_dir: ScratchOpt = None,
-) -> None:
+    *,
+    storage: dict[str, Any],
+) -> PlanMaker:
     """ImageNet-LT (Liu et al. 2019) from its list files: 'relative/path.JPEG label' lines."""
-    with exit_on_error():
-        storage = parse_storage_options(storage_options)
-    options = _options(
-        storage, overwrite, workers, shard_rows, shard_mb, row_group_rows, row_group_mb,
-        max_bad_fraction, validate, scratch_dir,
-    )  # fmt: skip
 
     def make_plan(scratch: str) -> SourcePlan:
-        return listed.imagenet_lt(
+        return list_sources.imagenet_lt(
             images, lists, classes_file=classes, num_classes=num_classes, seed=seed,
             storage_options=storage,
         )  # fmt: skip
 
-    _run(make_plan, out, options)
+    return make_plan
 
 
-@app.command("inat18")
+@prepare_command("inat18")
 def inat18(
     images: Annotated[str, typer.Option(help="Root the annotations' file_name are relative to.")],
     annotations: Annotated[str, typer.Option(help="Folder of train2018.json and val2018.json.")],
     out: Annotated[str, typer.Argument(help="Output folder or URL.")],
     seed: Seed = 0,
-    overwrite: Overwrite = False,
-    workers: Workers = 0,
-    shard_rows: ShardRows = 1_000_000,
-    shard_mb: ShardMb = 128.0,
-    row_group_rows: GroupRows = 1024,
-    row_group_mb: GroupMb = 32.0,
-    max_bad_fraction: MaxBad = 0.01,
-    validate: ValidateOpt = Validate.decode,
-    storage_options: StorageOpt = None,
-    scratch_dir: ScratchOpt = None,
-) -> None:
+    *,
+    storage: dict[str, Any],
+) -> PlanMaker:
     """iNaturalist 2018 from its COCO-style annotations (labels: category ids, sorted)."""
-    with exit_on_error():
-        storage = parse_storage_options(storage_options)
-    options = _options(
-        storage, overwrite, workers, shard_rows, shard_mb, row_group_rows, row_group_mb,
-        max_bad_fraction, validate, scratch_dir,
-    )  # fmt: skip
 
     def make_plan(scratch: str) -> SourcePlan:
-        return listed.inat18(images, annotations, seed=seed, storage_options=storage)
+        return list_sources.inat18(images, annotations, seed=seed, storage_options=storage)
 
-    _run(make_plan, out, options)
+    return make_plan
 
 
-@app.command("synthetic")
+@prepare_command("synthetic")
 def synthetic(
     out: Annotated[str, typer.Argument(help="Output folder or URL.")],
     classes: Annotated[int, typer.Option(min=2, help="Number of classes.")] = 10,
     n_max: Annotated[int, typer.Option(min=1, help="Train images of the largest class.")] = 200,
-    imbalance: Annotated[float, typer.Option(min=1.0, help="Imbalance factor.")] = 10.0,
+    imbalance: Annotated[float, typer.Option(min=1.0, help="Imbalance factor.")] = 20.0,
     profile: Annotated[Profile, typer.Option(help="Long-tail profile.")] = Profile.exp,
     image_size: Annotated[int, typer.Option(min=8, max=1024, help="Image side in pixels.")] = 32,
     test_per_class: Annotated[int, typer.Option(min=0, help="Balanced test images.")] = 50,
@@ -404,24 +384,10 @@ def synthetic(
         ImageFormat, typer.Option("--format", help="Encoding of the images.")
     ] = ImageFormat.jpeg,
     seed: Seed = 0,
-    overwrite: Overwrite = False,
-    workers: Workers = 0,
-    shard_rows: ShardRows = 1_000_000,
-    shard_mb: ShardMb = 128.0,
-    row_group_rows: GroupRows = 1024,
-    row_group_mb: GroupMb = 32.0,
-    max_bad_fraction: MaxBad = 0.01,
-    validate: ValidateOpt = Validate.decode,
-    storage_options: StorageOpt = None,
-    scratch_dir: ScratchOpt = None,
-) -> None:
+    *,
+    storage: dict[str, Any],
+) -> PlanMaker:
     """A generated long-tailed image set with learnable classes (no download)."""
-    with exit_on_error():
-        storage = parse_storage_options(storage_options)
-    options = _options(
-        storage, overwrite, workers, shard_rows, shard_mb, row_group_rows, row_group_mb,
-        max_bad_fraction, validate, scratch_dir,
-    )  # fmt: skip
 
     def make_plan(scratch: str) -> SourcePlan:
         return sources.synthetic(
@@ -430,6 +396,5 @@ def synthetic(
             fmt=image_format.value,
         )  # fmt: skip
 
-    with exit_on_error():
-        make_plan("")  # validate the options before touching OUT
-    _run(make_plan, out, options)
+    make_plan("")  # validate the options before touching OUT
+    return make_plan

@@ -7,7 +7,7 @@ shuffle_buffer) alone:
 1. Units are row groups. With ``shuffle`` their order is ``default_rng([seed, epoch])
    .permutation``; concatenating them gives the epoch's row stream (locality kept: a unit is
    read as one piece).
-2. :mod:`ltray.data.partition` gives each rank a contiguous stretch of the stream and each of
+2. :mod:`ltray.data.stream.partition` gives each rank a contiguous stretch of the stream and each of
    its K workers a contiguous run of whole batches of that stretch.
 3. A worker passes its rows through a bounded shuffle buffer of
    ``max(1, shuffle_buffer // K)`` rows seeded by ``[seed, epoch, rank, worker]`` and cuts
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ltray.data import partition
+from ltray.data.stream import partition
 
 
 @dataclass(frozen=True)

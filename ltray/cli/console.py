@@ -1,0 +1,29 @@
+"""What the user sees: one ``error: ...`` line for anything they can get wrong."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import typer
+
+from ltray.errors import LtrayError
+from ltray.secrets import scrub
+
+
+@contextlib.contextmanager
+def exit_on_error(storage_options: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """Turn an LtrayError into ``error: <one line>`` on stderr and exit code 1.
+
+    Secrets in ``storage_options`` are scrubbed from the message; Ctrl-C exits 130.
+    """
+    try:
+        yield
+    except LtrayError as exc:
+        line = " ".join(scrub(str(exc), storage_options).split()) or "failed"
+        typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted; run the same command again to resume", err=True)
+        raise typer.Exit(130) from None

@@ -1,0 +1,1 @@
+"""Job files that ship with ltray (the demo's), read with importlib.resources."""
