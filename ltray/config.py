@@ -74,8 +74,10 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     arch: str = Field("resnet32", description="a name from ltray.models.MODELS")
-    head: Literal["linear", "cosine"] = Field(
-        "linear", description="classifier head; the dr loss needs (and selects) cosine"
+    head: Literal["linear", "cosine"] | None = Field(
+        None,
+        description="classifier head; default: the one the loss trains (cosine for dr and "
+        "ldam_drw, linear for the others); naming another is refused",
     )
     bias: bool = Field(True, description="bias in a linear head")
     channels_last: bool = Field(True, description="channels_last memory format on GPUs")
@@ -251,15 +253,20 @@ class JobConfig(Section):
     def run_name(self) -> str:
         """Deterministic name: the job name plus a hash of everything that shapes the result.
 
-        Re-submitting the same job resumes; changing a hyper-parameter starts a new run.
-        Scaling, storage and tracking do not change the name (same run, other cluster).
+        Re-submitting the same job resumes; changing a hyper-parameter starts a new run. Of
+        the scaling section, the worker count (it sets the global batch and the scaled lr) and
+        the precision (bf16 and fp32 train differently) count; where the run's storage and
+        tracking live, loader processes and credentials do not (same run, other cluster).
         """
         shaping = self.model_dump(
             mode="json", exclude={"scaling": True, "storage": True, "tracking": True}
         )
         shaping["data"].pop("storage_options", None)
         shaping["data"].pop("loader_workers", None)
-        shaping["scaling"] = {"num_workers": self.scaling.num_workers}
+        shaping["scaling"] = {
+            "num_workers": self.scaling.num_workers,
+            "precision": self.scaling.precision,
+        }
         digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
         return f"{self.name}-{digest[:8]}"
 

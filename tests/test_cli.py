@@ -37,3 +37,14 @@ def test_the_packaged_demo_job_spans_many_medium_and_few():
     counts = [per_class[c] for c in sorted(per_class)]
     groups = shot_groups(counts, job.data.many_threshold, job.data.few_threshold)
     assert Counter(groups) == {"many": 3, "medium": 4, "few": 3}
+
+
+def test_train_refuses_a_head_the_loss_does_not_train_before_anything_starts(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("name: t\ndata: {url: ./d}\nloss: {name: dr}\n")
+    result = CliRunner().invoke(app, ["train", str(job), "--local", "--set", "model.head=linear"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: model.head is 'linear', but loss 'dr' trains a cosine head; "
+        "drop model.head or set it to 'cosine'"
+    )

@@ -101,6 +101,18 @@ def test_run_name_is_deterministic_and_ignores_where_it_runs():
     assert a.run_name().startswith("t-")
 
 
+@pytest.mark.parametrize(
+    "scaling", [{"precision": "bf16"}, {"precision": "fp32"}, {"num_workers": 2}]
+)
+def test_run_name_changes_with_what_changes_the_result(scaling):
+    base = validate_job(minimal())
+    assert validate_job(minimal(scaling=scaling)).run_name() != base.run_name()
+    same = minimal(
+        scaling={"max_failures": 0, "cpus_per_worker": 2}, data={"url": "./d", "loader_workers": 5}
+    )
+    assert validate_job(same).run_name() == base.run_name()
+
+
 def test_bad_yaml_and_missing_file(tmp_path):
     with pytest.raises(LtrayError, match="cannot read job file"):
         load_job(tmp_path / "nope.yaml")

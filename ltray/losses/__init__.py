@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ltray.config import DECOUPLED_METHODS, LossConfig
+from ltray.config import DECOUPLED_METHODS, LossConfig, ModelConfig
 from ltray.errors import LtrayError
 from ltray.losses.base import Criterion, LossOutput, check_class_counts
 from ltray.losses.baselines import (
@@ -62,10 +62,24 @@ for _method in DECOUPLED_METHODS:
     LOSSES.register(_method)(stage1_loss)
 
 
+def head_for(loss: LossConfig, model: ModelConfig) -> str:
+    """The classifier head the model gets: the one the loss trains (``dr`` and ``ldam_drw`` a
+    cosine head, the others and the decoupled methods' first stage a linear one). A
+    ``model.head`` that names another is refused, never silently replaced."""
+    factory = LOSSES.get(loss.name)
+    needed = getattr(getattr(factory, "__self__", None), "head_kind", "linear")
+    if model.head is not None and model.head != needed:
+        raise LtrayError(
+            f"model.head is {model.head!r}, but loss {loss.name!r} trains a {needed} head; "
+            f"drop model.head or set it to {needed!r}"
+        )
+    return needed
+
+
 def build_loss(cfg: LossConfig, class_counts: Sequence[int]) -> Criterion:
     """The loss ``cfg.name`` for a training split with these per-class image counts."""
     counts = check_class_counts(class_counts)
     return LOSSES.get(cfg.name)(cfg, counts)
 
 
-__all__ = ["LOSSES", "Criterion", "LossOutput", "build_loss", "stage1_loss"]
+__all__ = ["LOSSES", "Criterion", "LossOutput", "build_loss", "head_for", "stage1_loss"]

@@ -33,19 +33,27 @@ def additive_angular_margin(cos: Tensor, target: Tensor, margin: float) -> Tenso
 class AngularMarginCE(nn.Module):
     """Cross-entropy on s * margin-adjusted cosines (+ an optional fixed logit offset).
 
-    s is a buffer, or a parameter initialised at ``scale`` when ``learn_scale`` (the loop
-    optimises ``crit.parameters()``). ``logit_offset`` [C] is added after scaling, at
-    training only (the dr loss's prior correction tau * log prior).
+    s is a fixed buffer, or, when ``learn_scale``, exp of a parameter ``log_scale`` initialised
+    at log(``scale``): a learned scale stays positive whatever the optimiser does (the loop
+    optimises ``crit.parameters()``). ``logit_offset`` [C] is added after scaling, at training
+    only (the dr loss's prior correction tau * log prior).
     """
 
     def __init__(self, scale: float, learn_scale: bool, logit_offset: Tensor | None) -> None:
         super().__init__()
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
         s = torch.tensor(float(scale))
+        self.learn_scale = learn_scale
         if learn_scale:
-            self.scale = nn.Parameter(s)
+            self.log_scale = nn.Parameter(s.log())
         else:
-            self.register_buffer("scale", s)
+            self.register_buffer("fixed_scale", s)
         self.register_buffer("logit_offset", logit_offset, persistent=False)
+
+    @property
+    def scale(self) -> Tensor:
+        return self.log_scale.exp() if self.learn_scale else self.fixed_scale
 
     def forward(self, cos: Tensor, target: Tensor, margin: float) -> Tensor:
         logits = self.scale * additive_angular_margin(as_float(cos), target, margin)

@@ -99,18 +99,34 @@ def _compiled_block_energy() -> Callable[..., tuple[Tensor, Tensor]]:
     return torch.compile(_block_energy, dynamic=False, fullgraph=True)
 
 
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """What torch.compile raises when it cannot build the kernel on this host (no C compiler,
+    no Triton, an unsupported construct). Errors of the computation itself are not among them:
+    they would fail eager too, so they propagate (TorchRuntimeError wraps those at trace time)."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
+
+    return (TorchDynamoException, CppCompileError, InvalidCxxCompiler)
+
+
 def _run_block_energy(
     gram: Tensor, kind: str, t: float, need_grad: bool, fused: bool
 ) -> tuple[Tensor, Tensor]:
-    """``_block_energy``, compiled when ``fused``; eager, with one warning, if compiling fails."""
+    """``_block_energy``, compiled when ``fused``. If compiling fails, it runs eager for the
+    rest of the process, with one warning; any other error propagates."""
     global _fusion_failed
     if fused and not _fusion_failed:
+        from torch._dynamo.exc import TorchRuntimeError
+
         try:
             return _compiled_block_energy()(gram, kind, t, need_grad)
-        except Exception as exc:  # e.g. no C compiler for Triton on this host
+        except TorchRuntimeError:
+            raise
+        except _compile_errors() as exc:
             _fusion_failed = True
             warnings.warn(
-                f"uniformity: torch.compile failed, running eager: {exc!r:.300}", stacklevel=3
+                f"uniformity: torch.compile failed, running eager from now on: {exc!r:.300}",
+                stacklevel=3,
             )
     return _block_energy(gram, kind, t, need_grad)
 

@@ -26,12 +26,14 @@ MODELS.register("resnext50_32x4d")(resnext50_32x4d)
 def build_model(cfg: ModelConfig, num_classes: int, head: str | None = None) -> Classifier:
     """The backbone ``cfg.arch`` with the head ``head`` (default ``cfg.head``) on top.
 
-    ``head`` lets a loss impose the head it needs (``dr`` and ``ldam_drw`` need "cosine").
+    ``head`` is the head the loss trains, resolved by :func:`ltray.losses.head_for`, which
+    refuses a ``cfg.head`` that contradicts it; without either, a linear head.
     """
     if num_classes < 2:
         raise LtrayError(f"a classifier needs at least 2 classes, got num_classes={num_classes}")
     backbone = MODELS.get(cfg.arch)()
-    head_module = build_head(head or cfg.head, backbone.feature_dim, num_classes, bias=cfg.bias)
+    kind = head or cfg.head or "linear"
+    head_module = build_head(kind, backbone.feature_dim, num_classes, bias=cfg.bias)
     return Classifier(backbone, head_module)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from ltray.config import JobConfig
 from ltray.data import read_manifest
 from ltray.errors import LtrayError
+from ltray.losses import head_for
 from ltray.tracking import check_reachable, create_sqlite_folder, resolve_tracking_uri
 from ltray.train.storage import Storage
 from ltray.train.trainer import FAILURE_FILE, train_loop_per_worker
@@ -46,6 +47,7 @@ def absolutize(job: JobConfig) -> JobConfig:
 def preflight(job: JobConfig) -> None:
     """Fail before any worker starts: unreadable data set, unwritable storage, unreachable
     tracking server. Each error names the URL."""
+    head_for(job.loss, job.model)
     read_manifest(job.data.url, storage_options=job.data.storage_options)
     Storage(job.storage.url, job.storage.storage_options).check_writable()
     if job.tracking.enabled:

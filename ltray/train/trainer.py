@@ -25,7 +25,7 @@ from ltray.data.profiles import shot_groups
 from ltray.data.stream import StreamingImageDataset, make_loader
 from ltray.data.stream.transforms import build_transform
 from ltray.errors import LtrayError
-from ltray.losses import build_loss
+from ltray.losses import build_loss, head_for
 from ltray.models import build_model
 from ltray.tracking import make_tracker
 from ltray.train.decoupled import balanced_subset, run_decoupled
@@ -101,7 +101,7 @@ class Trainer:
         torch.manual_seed(job.seed)
         self.placement = Placement.create(_device(session, job), job.scaling, job.model)
         self.criterion = build_loss(job.loss, self.train_counts)
-        self.model = build_model(job.model, self.num_classes, head=self.criterion.head_kind)
+        self.model = build_model(job.model, self.num_classes, head=head_for(job.loss, job.model))
         self.module = self.placement.prepare_module(TrainModule(self.model, self.criterion))
         self.ddp: torch.nn.Module = self.module
         if self.distributed:

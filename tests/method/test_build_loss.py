@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from ltray.config import LOSS_NAMES, LossConfig, ModelConfig, NormConfig, UniformityConfig
 from ltray.errors import LtrayError
-from ltray.losses import LOSSES, build_loss
+from ltray.losses import LOSSES, build_loss, head_for
 from ltray.losses.baselines import CrossEntropy, FocalLoss
 from ltray.models import ModelOutput, build_model
 
@@ -21,7 +21,9 @@ def test_every_config_loss_name_is_registered():
 def test_every_loss_trains_a_model_end_to_end(name, counts):
     torch.manual_seed(0)
     crit = build_loss(LossConfig(name=name, drw_epoch=1), counts)
-    model = build_model(ModelConfig(arch="resnet32"), len(counts), head=crit.head_kind)
+    head = head_for(LossConfig(name=name), ModelConfig())
+    assert head == ("cosine" if name in ("dr", "ldam_drw") else "linear") == crit.head_kind
+    model = build_model(ModelConfig(arch="resnet32"), len(counts), head=head)
     params = list(model.parameters()) + list(crit.parameters())
     optimizer = torch.optim.SGD(params, lr=0.01)
     images, target = torch.randn(6, 3, 16, 16), torch.arange(6) % len(counts)
@@ -109,3 +111,17 @@ def test_config_rejects_a_margin_outside_zero_to_half_pi(margin):
 def test_config_rejects_bad_values(section, kwargs):
     with pytest.raises(ValidationError):
         section(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "name, needed, other", [("dr", "cosine", "linear"), ("ce", "linear", "cosine")]
+)
+def test_a_model_head_that_contradicts_the_loss_is_refused(name, needed, other):
+    loss = LossConfig(name=name)
+    assert head_for(loss, ModelConfig(head=needed)) == needed
+    with pytest.raises(LtrayError) as info:
+        head_for(loss, ModelConfig(head=other))
+    assert str(info.value) == (
+        f"model.head is {other!r}, but loss {name!r} trains a {needed} head; "
+        f"drop model.head or set it to {needed!r}"
+    )

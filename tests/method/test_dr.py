@@ -136,8 +136,8 @@ def test_learned_scale_and_radius_are_parameters_of_the_loss(counts):
     cfg = LossConfig(name="dr", learn_scale=True, scale=10.0, norm=NormConfig(radius=None))
     crit = build_loss(cfg, counts)
     params = dict(crit.named_parameters())
-    assert set(params) == {"margin_ce.scale", "feature_norm.radius"}
-    assert params["margin_ce.scale"].item() == 10.0
+    assert set(params) == {"margin_ce.log_scale", "feature_norm.radius"}
+    assert crit.margin_ce.scale.item() == pytest.approx(10.0, rel=1e-6)  # exp(log 10) in float32
     features, weight = cosine_inputs(5)
     res = crit(
         ModelOutput(cosines(features, weight).float(), features.float()),
@@ -145,7 +145,7 @@ def test_learned_scale_and_radius_are_parameters_of_the_loss(counts):
         head_of(weight.float()),
     )
     res.total.backward()
-    assert params["margin_ce.scale"].grad is not None
+    assert params["margin_ce.log_scale"].grad is not None
     assert params["feature_norm.radius"].grad is not None
 
 

@@ -64,9 +64,19 @@ def test_margin_ce_passes_gradcheck_in_both_branches(learn_scale):
         requires_grad=True,
     )
     target = torch.tensor([0, 1, 2, 0, 1])
-    inputs = (cos, crit.scale) if learn_scale else (cos,)
+    inputs = (cos, crit.log_scale) if learn_scale else (cos,)
 
-    def loss(c, *scale):  # gradcheck perturbs crit.scale itself in place
+    def loss(c, *log_scale):  # gradcheck perturbs crit.log_scale itself in place
         return crit(c, target, 0.4)
 
     assert torch.autograd.gradcheck(loss, inputs)
+
+
+def test_a_learned_scale_stays_positive_whatever_the_step():
+    crit = AngularMarginCE(4.0, True, None)
+    cos = torch.tensor([[0.9, -0.5], [-0.3, 0.6]])
+    crit(cos, torch.tensor([1, 0]), 0.0).backward()  # wrong-class cosines: the loss wants s -> 0
+    assert crit.log_scale.grad.item() > 0
+    with torch.no_grad():  # a step far larger than the scale itself, as a big lr would take
+        crit.log_scale -= 100.0 * crit.log_scale.grad.sign()
+    assert crit.scale.item() > 0 and torch.isfinite(crit(cos, torch.tensor([1, 0]), 0.0))

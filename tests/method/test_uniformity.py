@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -180,3 +181,40 @@ def test_fused_block_kernel_matches_eager():
         torch.testing.assert_close(fused, eager)
         torch.testing.assert_close(fused_w.grad, eager_w.grad)
     assert not uniformity._fusion_failed  # it compiled, and did not fall back to eager
+
+
+def _fails_with(exc):
+    def compiled():
+        def run(*args):
+            raise exc
+
+        return run
+
+    return compiled
+
+
+def test_a_compile_failure_falls_back_to_eager_once_with_a_warning(monkeypatch):
+    from torch._inductor.exc import CppCompileError
+
+    monkeypatch.setattr(uniformity, "_fusion_failed", False)
+    monkeypatch.setattr(
+        uniformity, "_compiled_block_energy", _fails_with(CppCompileError(["cc"], "no cc"))
+    )
+    w = random_rows(8, 4, seed=1, dtype=torch.float32)
+    eager = uniformity_loss(w, "mhe_s2", block_rows=4, fused=False)
+    with pytest.warns(UserWarning, match="torch.compile failed, running eager"):
+        fused = uniformity_loss(w, "mhe_s2", block_rows=4, fused=True)
+    torch.testing.assert_close(fused, eager, rtol=0, atol=0)  # the same eager code ran
+    assert uniformity._fusion_failed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: no second warning
+        uniformity_loss(w, "mhe_s2", block_rows=4, fused=True)
+
+
+def test_an_error_that_is_not_a_compile_failure_propagates(monkeypatch):
+    monkeypatch.setattr(uniformity, "_fusion_failed", False)
+    boom = RuntimeError("CUDA out of memory")
+    monkeypatch.setattr(uniformity, "_compiled_block_energy", _fails_with(boom))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        uniformity_loss(random_rows(8, 4, seed=1, dtype=torch.float32), "mhe_s2", fused=True)
+    assert not uniformity._fusion_failed  # eager is still not forced for the process
