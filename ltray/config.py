@@ -47,11 +47,11 @@ class DataConfig(Section):
     augment: Literal["cifar", "imagenet", "none"] = Field(
         "cifar", description="cifar: pad-4 random crop + flip; imagenet: random resized crop + flip"
     )
-    train_split: str = "train"
+    train_split: str = Field("train", description="split to train on")
     val_split: str | None = Field(
         None, description="split for evaluation and model selection; default 'val', else 'test'"
     )
-    test_split: str = "test"
+    test_split: str = Field("test", description="split evaluated once, after the last epoch")
     shuffle_buffer: int = Field(8192, ge=1, description="rows in the bounded shuffle buffer")
     loader_workers: int = Field(2, ge=0, le=64, description="data-loader processes per rank")
     verify_sha256: bool = Field(False, description="hash every shard against the manifest")
@@ -87,15 +87,19 @@ class ModelConfig(Section):
 
 
 class UniformityConfig(Section):
-    kind: Literal["mhe_s0", "mhe_s1", "mhe_s2", "gaussian", "none"] = "mhe_s2"
-    weight: float = Field(0.1, ge=0.0)
+    kind: Literal["mhe_s0", "mhe_s1", "mhe_s2", "gaussian", "none"] = Field(
+        "mhe_s2", description="potential: Riesz s=0 (log), 1, 2 energy, or gaussian; none: off"
+    )
+    weight: float = Field(0.1, ge=0.0, description="lambda_u, the weight of the uniformity term")
     t: float = Field(2.0, gt=0.0, description="temperature of the gaussian potential")
     block_rows: int = Field(1024, ge=1, description="rows of the Gram matrix per block")
 
 
 class NormConfig(Section):
-    kind: Literal["ring", "hinge", "none"] = "ring"
-    weight: float = Field(0.01, ge=0.0)
+    kind: Literal["ring", "hinge", "none"] = Field(
+        "ring", description="ring: (||f|| - R)^2; hinge: max(0, R - ||f||)^2; none: off"
+    )
+    weight: float = Field(0.01, ge=0.0, description="lambda_n, the weight of the norm term")
     radius: float | None = Field(
         None, gt=0.0, description="target feature norm R; None learns R (ring) or uses 1.0 (hinge)"
     )
@@ -106,7 +110,7 @@ class DecoupledConfig(Section):
 
     stage1_loss: str = Field("ce", description="loss of the joint first stage")
     epochs: int = Field(10, ge=0, description="stage-2 epochs (crt, lws); tau_norm needs none")
-    lr: float = Field(0.2, gt=0.0)
+    lr: float = Field(0.2, gt=0.0, description="stage-2 learning rate")
     batch_size: int = Field(512, ge=1, description="stage-2 batch (class-balanced sampling)")
     weight_decay: float = Field(5.0e-4, ge=0.0, description="stage-2 weight decay")
     tau_grid: list[float] = Field(
@@ -120,12 +124,14 @@ class LossConfig(Section):
     # dr (the seed paper's): margin + uniformity + feature norm
     margin: float = Field(0.2, description="additive angular margin m in radians, in [0, pi/2)")
     scale: float = Field(16.0, gt=0.0, description="cosine logit scale s")
-    learn_scale: bool = False
+    learn_scale: bool = Field(False, description="learn s (as exp of a parameter, kept > 0)")
     margin_warmup_epochs: float = Field(
         0.0, ge=0.0, description="ramp the margin linearly from 0 over this many epochs"
     )
-    uniformity: UniformityConfig = Field(default_factory=UniformityConfig)
-    norm: NormConfig = Field(default_factory=NormConfig)
+    uniformity: UniformityConfig = Field(
+        default_factory=UniformityConfig, description="dr: hyperspherical uniformity of W"
+    )
+    norm: NormConfig = Field(default_factory=NormConfig, description="dr: feature-norm regulariser")
     prior_tau: float = Field(0.0, ge=0.0, description="dr: add tau * log prior to its logits")
     # baselines
     gamma: float = Field(1.0, ge=0.0, description="focal loss exponent")
@@ -136,7 +142,9 @@ class LossConfig(Section):
     drw_epoch: int = Field(160, ge=0, description="deferred re-weighting starts at this epoch")
     drw_beta: float = Field(0.9999, ge=0.0, lt=1.0, description="DRW effective-number beta")
     max_norm: float = Field(1.0, gt=0.0, description="weight_balancing: per-class MaxNorm bound")
-    decoupled: DecoupledConfig = Field(default_factory=DecoupledConfig)
+    decoupled: DecoupledConfig = Field(
+        default_factory=DecoupledConfig, description="crt, lws, tau_norm: the second stage"
+    )
 
     @field_validator("name")
     @classmethod
@@ -160,11 +168,13 @@ class LossConfig(Section):
 
 
 class OptimConfig(Section):
-    name: Literal["sgd", "adamw"] = "sgd"
+    name: Literal["sgd", "adamw"] = Field("sgd", description="optimiser")
     lr: float = Field(0.1, gt=0.0, description="learning rate at base_batch_size")
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = False
-    weight_decay: float = Field(2.0e-4, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    nesterov: bool = Field(False, description="Nesterov momentum")
+    weight_decay: float = Field(
+        2.0e-4, ge=0.0, description="on the model; never on loss parameters"
+    )
     batch_size: int = Field(128, ge=1, description="images per worker per step")
     base_batch_size: int = Field(
         128, ge=1, description="global batch at which `lr` is right; see lr_scaling"
@@ -175,11 +185,13 @@ class OptimConfig(Section):
 
 
 class ScheduleConfig(Section):
-    epochs: int = Field(200, ge=1)
-    warmup_epochs: float = Field(5.0, ge=0.0)
-    kind: Literal["multistep", "cosine"] = "multistep"
-    milestones: list[int] = Field(default_factory=lambda: [160, 180])
-    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    epochs: int = Field(200, ge=1, description="training epochs")
+    warmup_epochs: float = Field(5.0, ge=0.0, description="linear lr warm-up from 0")
+    kind: Literal["multistep", "cosine"] = Field("multistep", description="lr decay after warm-up")
+    milestones: list[int] = Field(
+        default_factory=lambda: [160, 180], description="multistep: epochs where lr *= gamma"
+    )
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="multistep: the lr factor")
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and the last)")
     select_by: str | None = Field(
         None, description="validation metric for model selection, e.g. 'val/acc'; None: last"
@@ -203,8 +215,10 @@ class ScheduleConfig(Section):
 
 class ScalingConfig(Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU on GPUs)")
-    use_gpu: Literal["auto"] | bool = "auto"
-    cpus_per_worker: float = Field(1.0, gt=0.0)
+    use_gpu: Literal["auto"] | bool = Field(
+        "auto", description="one GPU per worker; auto: when the cluster has GPUs"
+    )
+    cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs Ray reserves per worker")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 autocast on GPUs, fp32 on the CPU"
     )
@@ -216,7 +230,9 @@ class ScalingConfig(Section):
 
 class StorageConfig(Section):
     url: str = Field("./ltray-runs", description="checkpoints; any fsspec URL")
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for storage.url; never logged"
+    )
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
     keep: int = Field(2, ge=1, description="checkpoints kept")
 
@@ -225,13 +241,13 @@ class TrackingConfig(Section):
     uri: str = Field(
         "sqlite:///mlflow.db", description="MLflow tracking URI, an http(s) server, or 'none'"
     )
-    experiment: str = "ltray"
+    experiment: str = Field("ltray", description="MLflow experiment name")
     artifact_location: str | None = Field(
         None,
         description="where a new experiment keeps artifacts; default: beside a SQLite store "
         "(mlartifacts/ next to the .db file), the server's choice for an mlflow server",
     )
-    log_model: bool = True
+    log_model: bool = Field(True, description="log the final model to the run")
 
     @property
     def enabled(self) -> bool:
@@ -239,16 +255,22 @@ class TrackingConfig(Section):
 
 
 class JobConfig(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = Field(0, ge=0)
-    data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
-    storage: StorageConfig = Field(default_factory=StorageConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="job name; the run name adds a hash"
+    )
+    seed: int = Field(0, ge=0, description="seeds model init, data order and augmentation")
+    data: DataConfig = Field(description="the data set and its input pipeline")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="backbone and head")
+    loss: LossConfig = Field(default_factory=LossConfig, description="the method")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="optimiser and batch")
+    schedule: ScheduleConfig = Field(
+        default_factory=ScheduleConfig, description="epochs, lr schedule, evaluation"
+    )
+    scaling: ScalingConfig = Field(
+        default_factory=ScalingConfig, description="workers, GPUs, precision, failures"
+    )
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="checkpoints")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow")
 
     def run_name(self) -> str:
         """Deterministic name: the job name plus a hash of everything that shapes the result.

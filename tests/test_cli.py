@@ -48,3 +48,51 @@ def test_train_refuses_a_head_the_loss_does_not_train_before_anything_starts(tmp
         "error: model.head is 'linear', but loss 'dr' trains a cosine head; "
         "drop model.head or set it to 'cosine'"
     )
+
+
+def _leaf_keys(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _leaf_keys(field.annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field
+
+
+def test_config_prints_every_key_with_its_value_default_and_description(tmp_path):
+    from ltray.config import JobConfig
+
+    job = tmp_path / "job.yaml"
+    job.write_text("name: t\ndata: {url: 's3://AKIAUSER:pass-9f7@bucket/ds'}\n")
+    args = ["config", str(job), "--set", "loss.margin=0.3"]
+    args += ["--set", "data.storage_options={secret: hidden-7c1}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"# {job} resolved; run name t-")
+    stack, seen = [], {}
+    for line in lines[1:]:  # rebuild dotted keys from the indentation
+        depth = (len(line) - len(line.lstrip())) // 2
+        key, _, rest = line.strip().partition(":")
+        stack[depth:] = [key]
+        seen[".".join(stack)] = rest
+    for key, field in _leaf_keys(JobConfig):
+        assert key in seen, key
+        assert field.description and field.description in seen[key], key
+    assert seen["loss.margin"].startswith(" 0.3  #") and "default: 0.2" in seen["loss.margin"]
+    assert seen["data.storage_options"].startswith(" ***  #")
+    assert "hidden-7c1" not in result.stdout and "pass-9f7" not in result.stdout
+    assert seen["data.url"].startswith(" s3://***@bucket/ds")
+
+
+def test_version_and_help_name_only_what_exists():
+    from importlib.metadata import version
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["--version"]).stdout == f"ltray {version('ltray')}\n"
+    listed = runner.invoke(app, ["--help"]).stdout
+    for command in ("prepare", "train", "config", "demo"):
+        assert command in listed
+    for missing in ("tune", "eval", "analyze", "submit", "report"):
+        assert missing not in listed
