@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from ltray.analysis.decomposition import DecompositionAccumulator
 from ltray.train.device import Normalizer, Placement
@@ -14,13 +15,18 @@ from ltray.train.device import Normalizer, Placement
 
 @dataclass
 class EvalCounts:
-    """Sums, never averages, so that ranks can add them up."""
+    """Sums, never averages, so that ranks can add them up.
+
+    ``loss_sum`` is the cross-entropy of the logits the prediction is made from (what a user
+    reads as the evaluation loss); ``term_sums`` holds each term of the training objective on
+    its own (a margin CE, a regulariser), never their weighted total.
+    """
 
     correct: torch.Tensor
     seen: torch.Tensor
     loss_sum: torch.Tensor
     decomposition: DecompositionAccumulator
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    term_sums: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, num_classes: int) -> EvalCounts:
@@ -36,6 +42,7 @@ class EvalCounts:
         if not (dist.is_available() and dist.is_initialized()):
             return
         tensors = {"correct": self.correct, "seen": self.seen, "loss_sum": self.loss_sum}
+        tensors.update({f"t.{k}": v for k, v in sorted(self.term_sums.items())})
         tensors.update({f"d.{k}": v for k, v in self.decomposition.state_tensors().items()})
         reduced = {}
         for name, tensor in tensors.items():
@@ -44,6 +51,7 @@ class EvalCounts:
             reduced[name] = moved.cpu()
         self.correct, self.seen = reduced["correct"], reduced["seen"]
         self.loss_sum = reduced["loss_sum"]
+        self.term_sums = {k[2:]: v for k, v in reduced.items() if k.startswith("t.")}
         self.decomposition.load_state_tensors(
             {k[2:]: v for k, v in reduced.items() if k.startswith("d.")}
         )
@@ -70,12 +78,15 @@ def evaluate(
         with placement.autocast():
             out = model(images)
         result = criterion(out, labels, model.head)
-        predicted = criterion.predict_logits(out).float().argmax(dim=1)
-        hits = (predicted == labels).double().cpu()
+        logits = criterion.predict_logits(out).float()
+        hits = (logits.argmax(dim=1) == labels).double().cpu()
         labels_cpu = labels.cpu()
         counts.correct.index_add_(0, labels_cpu, hits)
         counts.seen.index_add_(0, labels_cpu, torch.ones_like(hits))
-        counts.loss_sum += result.total.detach().double().cpu() * len(labels_cpu)
+        counts.loss_sum += F.cross_entropy(logits, labels, reduction="sum").double().cpu()
+        for name, value in result.terms.items():
+            previous = counts.term_sums.get(name, torch.zeros((), dtype=torch.float64))
+            counts.term_sums[name] = previous + value.detach().double().cpu() * len(labels_cpu)
         counts.decomposition.update(
             out.features.detach().float(), labels, model.head.weight.detach().float()
         )

@@ -280,7 +280,10 @@ class Trainer:
         metrics = accuracy_report(
             counts.correct, counts.seen, self.groups, self.manifest.classes, prefix
         )
-        metrics[f"{prefix}/loss"] = counts.loss_sum.item() / max(counts.seen.sum().item(), 1.0)
+        seen = max(counts.seen.sum().item(), 1.0)
+        metrics[f"{prefix}/loss"] = counts.loss_sum.item() / seen  # CE of the predicted logits
+        for name, total in counts.term_sums.items():
+            metrics[f"{prefix}/loss_{name}"] = total.item() / seen
         if self.num_classes > 100:  # per-class numbers go to decomposition/epoch_NNNN.json
             metrics = {k: v for k, v in metrics.items() if "/acc_class/" not in k}
         return metrics, counts
