@@ -88,7 +88,7 @@ class NullTracker:
 
     def log_json(self, name: str, payload: Any) -> None: ...
 
-    def log_model(self, model: Any, example: Any) -> None: ...
+    def log_model(self, model: Any, example: Any, contract: dict[str, Any]) -> None: ...
 
     def set_tags(self, tags: dict[str, str]) -> None: ...
 
@@ -192,14 +192,27 @@ class MlflowTracker:
             parent = str(Path(name).parent)
             self.client.log_artifact(self.run_id, str(path), None if parent == "." else parent)
 
-    def log_model(self, model: Any, example: Any) -> None:
+    def log_model(self, model: Any, example: Any, contract: dict[str, Any]) -> None:
+        """The model as a ``torch.export`` graph, with a signature (float32 images of the
+        example's shape, any batch, in; [batch, classes] scores out) and ``contract`` (see
+        :func:`ltray.train.run_info.model_contract`) as its metadata."""
+        import numpy as np
         import torch
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
 
+        classes = len(contract["classes"])
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes))]),
+        )
         with self.mlflow.start_run(run_id=self.run_id):
             self.mlflow.pytorch.log_model(
                 model,
                 name="model",
                 input_example=example,
+                signature=signature,
+                metadata={"ltray": contract},
                 # torch.export's graph: no pickle to trust, no ltray needed to load it; the
                 # example's batch of 2 keeps the batch dimension dynamic
                 serialization_format="pt2",

@@ -72,9 +72,11 @@ class Criterion(nn.Module):
 
     Subclasses implement ``loss(out, target, head)``; ``forward`` checks the shapes first.
     ``head_kind`` names the head the loss needs; the loop builds the model with it.
+    ``output_kind`` says what :meth:`predict_logits` returns (and a logged model serves).
     """
 
     head_kind: str = "linear"
+    output_kind: str = "logits"
 
     def __init__(self, class_counts: Sequence[int]) -> None:
         super().__init__()
@@ -88,7 +90,8 @@ class Criterion(nn.Module):
         self.epoch = float(epoch)
 
     def predict_logits(self, out: ModelOutput) -> Tensor:
-        """Scores whose argmax is the prediction at evaluation."""
+        """The scores a prediction is made from: their argmax is the class and their softmax
+        the probabilities the loss trained (no training-only margin or prior offset)."""
         return out.logits
 
     def after_step(self, model: nn.Module) -> None:

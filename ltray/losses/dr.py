@@ -30,6 +30,11 @@ class DrLoss(Criterion):
     """Margin + lambda_u * uniformity + lambda_n * feature norm (the ``dr`` loss)."""
 
     head_kind = "cosine"
+    output_kind = "scaled cosines"
+
+    def predict_logits(self, out: ModelOutput) -> Tensor:
+        """s * cos(theta_j): the training logits without the margin (or any prior offset)."""
+        return self.margin_ce.scale * out.logits
 
     def __init__(
         self,

@@ -31,6 +31,11 @@ class LdamDrw(Criterion):
     """Label-distribution-aware margin loss, re-weighted from ``drw_epoch`` on."""
 
     head_kind = "cosine"
+    output_kind = "scaled cosines"
+
+    def predict_logits(self, out: ModelOutput) -> Tensor:
+        """s * cos(theta_j): the training logits without the margin (or any prior offset)."""
+        return self.scale * out.logits
 
     def __init__(
         self,

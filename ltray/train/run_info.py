@@ -57,8 +57,36 @@ def progress_line(record: dict[str, float], eval_prefix: str) -> str:
     return f"[ltray] epoch {int(record['epoch'])}: {' '.join(parts)} ({rate:.0f} img/s)"
 
 
+def model_contract(job: JobConfig, classes: list[str], output_kind: str) -> dict[str, Any]:
+    """What the logged model expects and returns, stored with it as MLflow model metadata."""
+    size = job.data.image_size
+    return {
+        "input": {
+            "dtype": "float32",
+            "layout": "NCHW",
+            "channels": "RGB",
+            "range": [0.0, 1.0],
+            "height": size,
+            "width": size,
+        },
+        "normalization": {
+            "inside_model": True,
+            "mean": list(job.data.mean),
+            "std": list(job.data.std),
+        },
+        "output": {
+            "kind": output_kind,
+            "shape": ["batch", len(classes)],
+            "softmax_gives": "class probabilities",
+        },
+        "classes": list(classes),
+    }
+
+
 class Predictor(torch.nn.Module):
-    """What MLflow serves: normalised float images in, prediction logits out."""
+    """What MLflow serves: float RGB images in [0, 1], NCHW, in; the scores the prediction is
+    made from (``criterion.output_kind``: logits or scaled cosines) out. The normalisation is
+    inside, so callers pass plain images."""
 
     def __init__(self, model, criterion, mean, std) -> None:
         super().__init__()

@@ -31,7 +31,15 @@ from ltray.tracking import make_tracker
 from ltray.train.decoupled import balanced_subset, run_decoupled
 from ltray.train.device import Normalizer, Placement, wants_gpu
 from ltray.train.evaluate import EvalCounts, evaluate
-from ltray.train.run_info import Predictor, progress_line, run_params, run_tags, say, worker_nodes
+from ltray.train.run_info import (
+    Predictor,
+    model_contract,
+    progress_line,
+    run_params,
+    run_tags,
+    say,
+    worker_nodes,
+)
 from ltray.train.schedule import lr_at, scaled_lr
 from ltray.train.session import LocalSession, RaySession, Session
 from ltray.train.storage import Storage
@@ -407,9 +415,11 @@ class Trainer:
         return {"selected/epoch": best["epoch"], f"selected/{key}": best[key]}
 
     def _log_model(self) -> None:
-        example = torch.zeros(2, 3, self.job.data.image_size, self.job.data.image_size)
+        size = self.job.data.image_size
+        example = torch.zeros(2, 3, size, size)
         predictor = Predictor(self.model, self.criterion, self.job.data.mean, self.job.data.std)
-        self.tracker.log_model(predictor.cpu().eval(), example.numpy())
+        contract = model_contract(self.job, self.manifest.classes, self.criterion.output_kind)
+        self.tracker.log_model(predictor.cpu().eval(), example.numpy(), contract)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

@@ -149,10 +149,11 @@ def test_learned_scale_and_radius_are_parameters_of_the_loss(counts):
     assert params["feature_norm.radius"].grad is not None
 
 
-def test_prediction_uses_the_plain_cosines(counts):
+def test_prediction_is_the_scaled_cosines_without_margin_or_prior(counts):
     crit = make_dr(counts, prior_tau=1.0)
     cos = torch.rand(3, C)
-    assert crit.predict_logits(ModelOutput(cos, cos)) is cos
+    torch.testing.assert_close(crit.predict_logits(ModelOutput(cos, cos)), 8.0 * cos)
+    assert crit.output_kind == "scaled cosines"
 
 
 def test_dr_runs_in_fp32_under_bf16_autocast(counts):

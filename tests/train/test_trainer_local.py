@@ -10,7 +10,9 @@ import pytest
 import torch
 from train_support import make_job
 
+from ltray.data import read_manifest
 from ltray.errors import LtrayError
+from ltray.models import build_model
 from ltray.train import trainer as trainer_module
 from ltray.train.launcher import absolutize, run_job
 from ltray.train.session import LocalSession
@@ -50,7 +52,32 @@ def test_local_run_logs_every_epoch_and_the_model(tiny_data, tmp_path):
     for key in ("accuracy", "classifier_norm", "feature_norm_mean", "cos_target_mean", "group"):
         assert len(table[key]) == 4, key
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
-    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
+    images = torch.rand(3, 3, 32, 32)
+    scores = model(images)
+    assert scores.shape == (3, 4)
+    # the contract: plain [0, 1] images in (normalisation inside), scaled cosines out
+    info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
+    contract = info.metadata["ltray"]
+    assert contract["input"] == {
+        "dtype": "float32", "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0],
+        "height": 32, "width": 32,
+    }  # fmt: skip
+    assert contract["normalization"]["inside_model"] and contract["output"]["kind"] == (
+        "scaled cosines"
+    )
+    assert contract["classes"] == read_manifest(tiny_data).classes
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 32, 32)
+    assert info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 4)
+    state = final_state(job)["model"]
+    reference = build_model(job.model, 4, head="cosine")
+    reference.load_state_dict(state)
+    reference.eval()
+    mean = torch.tensor(job.data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(job.data.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        cosines = reference((images - mean) / std).logits
+    scale = final_state(job)["criterion"]["margin_ce.fixed_scale"]
+    torch.testing.assert_close(scores, scale * cosines, rtol=1e-4, atol=1e-4)  # export vs eager
     # the same job again: already finished, nothing retrained, no second MLflow run
     assert run_job(job, local=True).metrics["test/acc"] == final["test/acc"]
     mlflow_run(job)
