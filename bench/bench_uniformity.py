@@ -6,7 +6,8 @@
 Times forward + backward of ltray's blocked uniformity term and of the naive masked version
 (full C x C Gram matrix, boolean mask) on a C x d classifier, and one SGD step of ResNet-50
 on synthetic data already on the device, and prints each term as a fraction of the step.
-The precision follows the project's "auto": bf16 autocast on GPUs, fp32 on the CPU.
+The model step follows the project's "auto" precision: bf16 autocast on GPUs, fp32 on the CPU.
+The uniformity Gram runs in fp32 (ltray's default) or, with ``--gram bf16``, in bf16.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ def main() -> None:
         default="auto",
         help="torch.compile the per-block elementwise pass (auto: on CUDA only)",
     )
+    parser.add_argument(
+        "--gram", choices=["fp32", "bf16"], default="fp32", help="the Gram matmul's precision"
+    )
     parser.add_argument("--batch", type=int, help="ResNet-50 batch (default: 256 GPU, 8 CPU)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, help="timed calls (default: 20 GPU, 3 CPU)")
@@ -115,15 +119,18 @@ def main() -> None:
     fusion = on_gpu if fused is None else fused
     print(
         f"uniformity {args.kind}, d = {args.dim}, fwd+bwd, block_rows {args.block_rows}, "
-        f"fused {'on' if fusion else 'off'}"
+        f"fused {'on' if fusion else 'off'}, Gram {args.gram}"
     )
+    gram = torch.bfloat16 if args.gram == "bf16" else None
     header = ("C", "ours ms", "naive ms", "ours/step", "naive/step", "speed-up")
     print(" ".join(f"{h:>{w}}" for h, w in zip(header, (6, 9, 9, 10, 11, 9), strict=True)))
     for classes in args.classes:
         weight = torch.randn(classes, args.dim, device=device, requires_grad=True)
         ours = timed(
             uniformity_step(
-                lambda w: uniformity_loss(w, args.kind, block_rows=args.block_rows, fused=fused),
+                lambda w: uniformity_loss(
+                    w, args.kind, block_rows=args.block_rows, gram_dtype=gram, fused=fused
+                ),
                 weight,
                 device,
             ),

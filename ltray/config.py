@@ -93,6 +93,11 @@ class UniformityConfig(Section):
     weight: float = Field(0.1, ge=0.0, description="lambda_u, the weight of the uniformity term")
     t: float = Field(2.0, gt=0.0, description="temperature of the gaussian potential")
     block_rows: int = Field(1024, ge=1, description="rows of the Gram matrix per block")
+    gram_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="precision of the Gram matmul; bf16 is faster on GPUs but rounds cosines "
+        "to 8 bits (see ltray/losses/uniformity.py for its accuracy)",
+    )
 
 
 class NormConfig(Section):

@@ -20,13 +20,14 @@ clamp, potential, its derivative) is one function that torch.compile fuses into 
 pass (``fused``, on by default on CUDA, where it otherwise costs as much as the matmuls).
 
 Squared distances are clamped at ``D2_EPS`` (coincident rows); as with ``clamp``, a clamped
-pair passes no gradient. The Gram matmul runs in ``gram_dtype``: by default the autocast
-dtype when autocast is on (bf16 on GPUs), else the rows' dtype; everything after it is fp32
-(fp64 for fp64 rows). In bf16 the Gram is rounded to 8 significant bits, which is harmless
-while rows are apart (at least 30 degrees between every pair: loss within 1e-3 relative and
-gradient cosine >= 0.999 of fp32, tests/method/test_uniformity.py) but loses the distance of
-near-duplicate rows (under ~10 degrees, 2 - 2 cos cancels); that regime is the exception
-under this very regulariser, and ``gram_dtype=torch.float32`` is there for it.
+pair passes no gradient. The Gram matmul runs in ``gram_dtype``: fp32 by default, also under
+autocast (fp64 rows stay fp64), and everything after it in fp32 (fp64). bf16 is an opt-in
+(``loss.uniformity.gram_dtype: bf16``): it rounds the Gram to 8 significant bits, which is
+harmless while rows are apart (at least 30 degrees between every pair: loss within 1e-3
+relative and gradient cosine >= 0.999 of fp32, tests/method/test_uniformity.py) but costs
+0.3-0.5% of the gradient's norm even for well-spread rows, and loses the distance of
+near-duplicate rows (under ~10 degrees, 2 - 2 cos cancels), the very regime this regulariser
+acts on.
 
 ``uniformity_loss_naive`` is the textbook version (full Gram, boolean mask) kept as the
 reference for tests and the benchmark.
@@ -194,10 +195,7 @@ def _unit_rows(weight: Tensor) -> Tensor:
 
 
 def default_gram_dtype(weight: Tensor) -> torch.dtype:
-    """The autocast dtype of the weight's device when autocast is on, else fp32 (fp64 kept)."""
-    device_type = weight.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
+    """fp32, whatever autocast says (fp64 rows keep fp64): bf16 only when asked for."""
     return torch.float64 if weight.dtype == torch.float64 else torch.float32
 
 

@@ -132,3 +132,21 @@ def test_unknown_names_list_the_valid_ones():
         build_head("cosinus", 8, 3)
     with pytest.raises(LtrayError, match="num_classes"):
         build_model(ModelConfig(), 1)
+
+
+def test_the_cosine_head_computes_in_fp32_under_bf16_autocast():
+    from ltray.models import CosineHead
+
+    torch.manual_seed(0)
+    head = CosineHead(64, 10)
+    features = torch.randn(32, 64)
+    expected = head(features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head(features.bfloat16())  # a bf16 backbone's features
+    assert got.dtype == torch.float32
+    # only the features' own bf16 rounding remains: cosines within ~2^-8 of fp32, where a bf16
+    # Gram would add its own 2^-8 rounding of each cosine on top
+    torch.testing.assert_close(got, expected, rtol=0, atol=8e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        exact = head(features)
+    torch.testing.assert_close(exact, expected, rtol=0, atol=0)
