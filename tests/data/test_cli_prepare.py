@@ -37,8 +37,9 @@ def test_synthetic_prepare_rerun_and_refusal(tmp_path):
     m = read_manifest(str(out))
     assert m.profile["n_max"] == 40 and m.profile["imbalance"] == 10.0
     assert run("synthetic", out, *FAST, "--shard-rows", "50").stdout.endswith("nothing to do\n")
-    line = _error_line(run("synthetic", out, *FAST, "--seed", "1"))
-    assert "already holds a different data set; pass --overwrite" in line
+    line = _error_line(run("synthetic", out, *FAST, "--shard-rows", "50", "--seed", "1"))
+    assert "already holds a different data set: options differ (seed 0 -> 1)" in line
+    assert line.endswith("pass --overwrite to replace it")
     assert run("synthetic", out, *FAST, "--seed", "1", "--overwrite").exit_code == 0
 
 

@@ -9,6 +9,7 @@ from ltray.data.prepare import list_sources as listed
 from ltray.data.prepare import sources
 from ltray.data.prepare.image_refs import read_item
 from ltray.data.prepare.synthetic import render_array
+from ltray.data.profiles import exponential_counts
 from ltray.errors import LtrayError
 
 
@@ -127,10 +128,10 @@ def test_cifar_from_torchvision_pickles_encodes_png_losslessly(tmp_path):
     from ltray.data.decode import decode_rgb
 
     root = _fake_cifar10(tmp_path / "tv")
-    plan = sources.cifar_lt(str(root), str(tmp_path / "s"), imbalance=5, dataset="cifar10")
+    # this fake holds 10 images a class: a subset of CIFAR-10, so n_max 10 (not 5000)
+    plan = sources.cifar_lt(str(root), str(tmp_path / "s"), imbalance=5, n_max=10)
     assert plan.classes[0] == "airplane" and len(plan.classes) == 10
-    # n_max is CIFAR-10's 5000; this fake has 10 a class, so every class keeps what it has
-    assert _counts(plan) == [10] * 10 and _counts(plan, "test") == [2] * 10
+    assert _counts(plan) == exponential_counts(10, 10, 5) and _counts(plan, "test") == [2] * 10
     item = plan.splits["train"][0]
     assert item.id == "data_batch_1/00000"
     raw = pickle.loads((root / "cifar-10-batches-py" / "data_batch_1").read_bytes())["data"][0]
@@ -138,6 +139,9 @@ def test_cifar_from_torchvision_pickles_encodes_png_losslessly(tmp_path):
     assert np.array_equal(pixels, raw.reshape(3, 32, 32))
     with pytest.raises(LtrayError, match="holds cifar10, but --dataset is cifar100"):
         sources.cifar_lt(str(root), str(tmp_path / "s"), imbalance=5, dataset="cifar100")
+    # with the protocol's n_max of 5000 this subset cannot give CIFAR-10-LT: refused, not faked
+    with pytest.raises(LtrayError, match=r"needs 5000 train images in class 'airplane'.*has 10"):
+        sources.cifar_lt(str(root), str(tmp_path / "s"), imbalance=5)
 
 
 def test_cifar_from_folder_checks_class_count(small_tree, tmp_path):

@@ -170,7 +170,7 @@ def _show(value: Any) -> str:
 def describe_difference(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
     """What differs between two sets of fingerprints, in words, for a refusal message."""
     if not old or "recipe" not in old:
-        return "it was prepared by an older ltray, which did not record how"
+        return "an older ltray wrote it, without recording how"
     old_recipe, new_recipe = old.get("recipe") or {}, new["recipe"]
     if old_recipe.get("kind") != new_recipe["kind"]:
         return f"source {old_recipe.get('kind')} -> {new_recipe['kind']}"
