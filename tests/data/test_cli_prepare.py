@@ -255,3 +255,46 @@ def test_out_that_is_a_file_is_refused_without_suggesting_overwrite(tmp_path, ma
             "notes.txt is a file, not a folder: choose a new or empty folder for the data set"
         )
     assert target.read_text() == "keep me"
+
+
+# --- small ones (issue 13, item 8) -------------------------------------------------------------
+
+
+def test_profile_counts_only_written_images_and_warns_when_bad_ones_bend_it(tmp_path, make_tree):
+    src = make_tree(tmp_path / "src", {"": {"a": 6, "b": 6, "c": 6}})
+    (src / "a" / "0000.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    result = run("imagefolder", src, out, "--imbalance", "3", "--max-bad-fraction", "0.1")
+    assert result.exit_code == 0, result.output
+    m = read_manifest(str(out))
+    assert m.class_counts("train") == [5, 3, 2]  # planned [6, 3, 2]; a/0000.jpg is bad
+    assert (m.profile["n_max"], m.profile["n_max_requested"]) == (5, 6)
+    assert m.profile["imbalance_requested"] == 3.0 and m.profile["imbalance_actual"] == 2.5
+    warning = (
+        "bad images left 1 class(es) short of the planned train counts ('a' 5 of 6): "
+        "imbalance 2.5 instead of 3"
+    )
+    assert m.warnings == [warning]
+    assert f"warning: {warning} (recorded in manifest.json)" in result.stdout
+    assert "n_max 5, imbalance 2.5 (requested 3; counts are whole images)" in result.stdout
+
+
+def test_imagenet_lt_end_to_end_names_classes_and_reports_missing_images(tmp_path, make_tree):
+    wnids = ["n01440764", "n01443537"]
+    images = make_tree(tmp_path / "imgs", {"train": {wnids[0]: 3, wnids[1]: 2}})
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    rows = [
+        f"train/{w}/{i:04d}.jpg {c}"
+        for c, (w, n) in enumerate(zip(wnids, (3, 2), strict=True))
+        for i in range(n)
+    ]
+    rows.append(f"train/{wnids[1]}/0009.jpg 1")  # listed, never downloaded
+    (lists / "ImageNet_LT_train.txt").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    result = run(
+        "imagenet-lt", "--images", images, "--lists", lists, out, "--max-bad-fraction", "0.2"
+    )
+    assert result.exit_code == 0, result.output
+    assert f"train: train/{wnids[1]}/0009.jpg: unreadable:" in result.stdout
+    assert read_manifest(str(out)).classes == wnids

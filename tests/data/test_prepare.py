@@ -88,6 +88,7 @@ def test_bad_images_are_skipped_counted_and_named(small_tree, tmp_path):
     report = json.loads((tmp_path / "strict" / "prepare-report.json").read_text())
     assert {b["id"] for b in report["bad_items"]} == {"train/ant/9998.jpg", "train/bee/9999.jpg"}
     assert not (tmp_path / "strict" / "manifest.json").exists()
+    assert not (tmp_path / "strict" / "train").exists()  # unfinished shards stay in _prepare/
 
     result = _prepare_tree(small_tree, tmp_path / "lenient", max_bad_fraction=0.1)
     bad = {b["id"]: b["reason"] for b in result.report["bad_items"]}
