@@ -270,8 +270,9 @@ def test_killed_prepare_subprocess_resumes(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = {p.name: p.stat().st_mtime_ns for p in (out / "train").glob("*.parquet")}
+    done = {p.name: p.stat().st_mtime_ns for p in (markers / "train").glob("*.parquet")}
     assert not (out / "manifest.json").exists() and len(done) >= 3
+    assert not (out / "train").exists()  # readers never see an unfinished shard
     plan = sources.synthetic(classes=10, n_max=600, imbalance=2, image_size=48, test_per_class=0)
     result = prepare(plan, str(out), PrepareOptions(layout=ShardLayout(shard_rows=150), workers=1))
     assert result.reused >= 3 and result.reused + result.written == len(
