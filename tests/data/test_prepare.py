@@ -293,3 +293,15 @@ def test_file_url_round_trip(small_tree, tmp_path):
     assert [i for b in make_loader(ds, num_workers=0) for i in b["index"].tolist()] == list(
         range(6)
     )
+
+
+def test_a_tar_gz_source_is_the_same_data_set_on_every_run(small_tree, tmp_path):
+    import tarfile
+
+    archive = tmp_path / "src.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(small_tree, arcname="wrapper")
+    out = tmp_path / "out"
+    assert not _prepare_tree(archive, out).already_done
+    # decompressed into a new scratch folder each run: the member stamps, not paths, count
+    assert _prepare_tree(archive, out).already_done

@@ -364,6 +364,7 @@ def test_os_files_in_image_folders_are_not_images(make_tree, tmp_path):
     (root / "x" / "Thumbs.db").write_bytes(b"\x00junk")
     (root / "y" / "desktop.ini").write_text("[.ShellClassInfo]")
     (root / "x" / ".DS_Store").write_bytes(b"junk")
+    assert _counts(sources.imagefolder(str(root), str(tmp_path / "s"))) == [2, 2]
     (root / "__MACOSX" / "x").mkdir(parents=True)
     (root / "__MACOSX" / "x" / "._0000.jpg").write_bytes(b"resource fork")
     plan = sources.imagefolder(str(root), str(tmp_path / "s"))

@@ -105,12 +105,6 @@ def plan_fingerprints(plan: SourcePlan, layout: ShardLayout, validate: str = "de
     return fingerprints(plan.kind, plan.params, plan.classes, plan.splits, layout, validate)
 
 
-def fingerprint(plan: SourcePlan, layout: ShardLayout, validate: str = "decode") -> str:
-    """sha256 of what defines the data set: recipe, every (id, label) and every image's
-    content stamp. Where the source lives is not part of it."""
-    return plan_fingerprints(plan, layout, validate)["fingerprint"]
-
-
 def shard_tasks(
     plan: SourcePlan,
     out: str,
