@@ -235,7 +235,8 @@ def _summary(result: PrepareResult, out: str) -> str:
     imbalance = f"{prof.get('imbalance_actual'):.4g}"
     requested = prof.get("imbalance_requested")
     if requested is not None and f"{requested:.4g}" != imbalance:
-        imbalance += f" (requested {requested:g}; counts are whole images)"
+        why = "" if m.warnings else "; counts are whole images"
+        imbalance += f" (requested {requested:g}{why})"
     lines = [
         f"wrote {shown}: {splits}",
         f"{m.num_classes} classes ({group_text}); profile {prof.get('name')}, "

@@ -335,10 +335,10 @@ def _build_manifest(
         profile["n_max_requested"] = plan.profile["n_max"]
     source = {"kind": plan.kind, **plan.params, **plan.origin}
     warnings = _profile_warnings(plan, train_counts)
-    return Manifest(
-        list(plan.classes), splits, profile, source, parts["fingerprint"],
-        fingerprints={k: v for k, v in parts.items() if k != "fingerprint"}, warnings=warnings,
-    )  # fmt: skip
+    recorded = {k: v for k, v in parts.items() if k != "fingerprint"}
+    manifest = Manifest(list(plan.classes), splits, profile, source, parts["fingerprint"])
+    manifest.fingerprints, manifest.warnings = recorded, warnings
+    return manifest
 
 
 def _profile_warnings(plan: SourcePlan, written: list[int]) -> list[str]:
@@ -354,13 +354,12 @@ def _profile_warnings(plan: SourcePlan, written: list[int]) -> list[str]:
         if have != want
     ]
     more = f" and {len(short) - 3} more" if len(short) > 3 else ""
-    planned_if = max(planned) / min(planned)
-    written_if = max(written) / min(written)
     text = (
         f"bad images left {len(short)} class(es) short of the planned train counts "
         f"({', '.join(short[:3])}{more})"
     )
-    if abs(written_if - planned_if) > 1e-9 * planned_if:
+    if max(written) * min(planned) != max(planned) * min(written):  # the IFs, exactly
+        planned_if, written_if = max(planned) / min(planned), max(written) / min(written)
         text += f": imbalance {written_if:.4g} instead of {planned_if:.4g}"
     return [text]
 

@@ -39,11 +39,6 @@ def write_plan_marker(out: str, parts: dict[str, Any], storage_options: StorageO
     fs.write_bytes(plan_marker_url(out), payload, storage_options)
 
 
-def work_url(out: str, path: str) -> str:
-    """Where an unfinished prepare keeps the shard that will be ``OUT/<path>``."""
-    return fs.join_url(out, PROGRESS_DIR, path)
-
-
 def move_into_place(out: str, paths: list[str], opts: StorageOptions) -> None:
     """Move finished shards from the work folder to ``OUT/<split>/`` (a rename where the
     filesystem has them); a shard already there (a killed earlier move) is left as it is."""
