@@ -305,3 +305,21 @@ def test_a_tar_gz_source_is_the_same_data_set_on_every_run(small_tree, tmp_path)
     assert not _prepare_tree(archive, out).already_done
     # decompressed into a new scratch folder each run: the member stamps, not paths, count
     assert _prepare_tree(archive, out).already_done
+
+
+def test_a_resumed_prepare_with_fewer_images_leaves_no_stray_shard(
+    small_tree, tmp_path, monkeypatch
+):
+    out = tmp_path / "out"
+    _killed_at("write_manifest", monkeypatch, small_tree, out)  # every shard moved into place
+    assert len(list((out / "train").glob("part-*.parquet"))) == 4
+    for name in ("0003.jpg", "0004.jpg", "0005.jpg"):
+        (small_tree / "train" / "ant" / name).unlink()  # 12 train images: 3 shards of 4
+    resumed = _prepare_tree(small_tree, out)
+    assert [s.path for s in resumed.manifest.shards("train")] == [
+        f"train/part-0000{i}.parquet" for i in range(3)
+    ]
+    assert sorted(p.name for p in (out / "train").iterdir()) == [
+        f"part-0000{i}.parquet" for i in range(3)
+    ]
+    assert resumed.manifest.class_counts("train") == [3, 5, 4]

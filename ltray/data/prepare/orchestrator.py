@@ -41,6 +41,7 @@ from ltray.data.prepare.out_folder import (
     check_out,
     check_out_location,
     move_into_place,
+    remove_stray_shards,
     write_plan_marker,
 )
 from ltray.data.prepare.shard_task import (
@@ -438,7 +439,9 @@ def prepare(
         error.report = report  # the CLI lists the bad images
         raise error
     manifest = _build_manifest(plan, results, parts)
-    move_into_place(out, [r.info.path for r in results], opts)
+    paths = [r.info.path for r in results]
+    move_into_place(out, paths, opts)
+    remove_stray_shards(out, list(plan.splits), paths, opts)
     write_manifest(manifest, out, opts)  # last: from now on OUT is a data set
     fs.remove(fs.join_url(out, PROGRESS_DIR), opts, recursive=True)
     manifest.url = out

@@ -56,6 +56,19 @@ def move_into_place(out: str, paths: list[str], opts: StorageOptions) -> None:
                 filesystem.mv(source, target)
 
 
+def remove_stray_shards(out: str, splits: list[str], keep: list[str], opts: StorageOptions) -> None:
+    """Delete ``OUT/<split>/part-*.parquet`` files the new manifest will not list: shards an
+    earlier, killed run of this prepare had moved into place before its images changed."""
+    filesystem, root = fs.get_fs(out, opts)
+    root = root.rstrip("/")
+    wanted = {f"{root}/{path}" for path in keep}
+    with fs.fs_errors(out, opts):
+        for split in splits:
+            for path in filesystem.glob(f"{root}/{split}/part-*.parquet"):
+                if path.rstrip("/") not in wanted:
+                    filesystem.rm(path)
+
+
 def _inside(child: str, parent: str, opts: StorageOptions) -> bool:
     """Whether ``child`` is ``parent`` or lies below it (same filesystem, resolved paths)."""
     child_fs, child_path = fs.get_fs(child, opts)
