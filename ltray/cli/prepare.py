@@ -346,7 +346,11 @@ def imagenet_lt(
     lists: Annotated[str, typer.Option(help="Folder of ImageNet_LT_{train,val,test}.txt.")],
     out: Annotated[str, typer.Argument(help="Output folder or URL.")],
     classes: Annotated[
-        str | None, typer.Option(help="Class names in label order (one a line, or JSON list).")
+        str | None,
+        typer.Option(
+            help="Class names in label order (one a line, or JSON list); default: the WordNet "
+            "ids in the image paths (n01440764), else class_N."
+        ),
     ] = None,
     num_classes: Annotated[
         int | None, typer.Option(min=1, help="Number of classes (default: from the lists).")
