@@ -34,7 +34,7 @@ from ltray.cli.console import exit_on_error
 from ltray.data.prepare import list_sources, sources
 from ltray.data.prepare.orchestrator import REPORT_NAME, PrepareOptions, PrepareResult, prepare_from
 from ltray.data.prepare.sources import SourcePlan
-from ltray.data.profiles import GROUPS
+from ltray.data.profiles import GROUPS, check_imbalance
 from ltray.data.shards import ShardLayout
 from ltray.errors import LtrayError
 from ltray.secrets import redact_url, scrub
@@ -223,7 +223,8 @@ def _summary(result: PrepareResult, out: str) -> str:
     m = result.manifest
     shown = redact_url(out)
     if result.already_done:
-        return f"{shown} already holds this data set (manifest.json); nothing to do"
+        done = f"{shown} already holds this data set (manifest.json); nothing to do"
+        return f"{done}\n{result.note}" if result.note else done
     splits = ", ".join(
         f"{split} {m.num_rows(split):,} rows in {len(m.shards(split))} shard(s)"
         for split in m.split_names
@@ -231,15 +232,20 @@ def _summary(result: PrepareResult, out: str) -> str:
     groups = m.groups()
     group_text = ", ".join(f"{groups.count(g)} {g}" for g in GROUPS)
     prof = m.profile
-    imbalance = prof.get("imbalance_actual")
+    imbalance = f"{prof.get('imbalance_actual'):.4g}"
+    requested = prof.get("imbalance_requested")
+    if requested is not None and f"{requested:.4g}" != imbalance:
+        why = "" if m.warnings else "; counts are whole images"
+        imbalance += f" (requested {requested:g}{why})"
     lines = [
         f"wrote {shown}: {splits}",
         f"{m.num_classes} classes ({group_text}); profile {prof.get('name')}, "
-        f"n_max {prof.get('n_max')}, imbalance {imbalance:.4g}, seed {prof.get('seed')}",
+        f"n_max {prof.get('n_max')}, imbalance {imbalance}, seed {prof.get('seed')}",
     ]
     if result.reused:
         lines.append(f"resumed: kept {result.reused} finished shard(s), wrote {result.written}")
     lines.extend(_bad_lines(result.report, out))
+    lines.extend(f"warning: {w} (recorded in manifest.json)" for w in m.warnings)
     return "\n".join(lines)
 
 
@@ -283,7 +289,7 @@ def cifar_lt(
         str, typer.Argument(help="cifar10-jpeg.tar.gz, an extracted image folder, or the pickles")
     ],
     out: Annotated[str, typer.Argument(help="Output folder or URL.")],
-    imbalance: Annotated[float, typer.Option(min=1.0, help="Imbalance factor n_max / n_min.")],
+    imbalance: Annotated[float, typer.Option(help="Imbalance factor n_max / n_min (>= 1).")],
     dataset: Annotated[CifarDataset, typer.Option(help="Which CIFAR.")] = CifarDataset.cifar10,
     profile: Annotated[Profile, typer.Option(help="Long-tail profile.")] = Profile.exp,
     seed: Seed = 0,
@@ -291,6 +297,7 @@ def cifar_lt(
     storage: dict[str, Any],
 ) -> PlanMaker:
     """CIFAR-10/100-LT: the first n_c images of class c, n_c = int(n_max * IF^(-c/(C-1)))."""
+    check_imbalance(imbalance)
 
     def make_plan(scratch: str) -> SourcePlan:
         return sources.cifar_lt(
@@ -306,7 +313,7 @@ def imagefolder(
     src: Annotated[str, typer.Argument(help="A class-per-folder tree, or a .tar/.tar.gz of one.")],
     out: Annotated[str, typer.Argument(help="Output folder or URL.")],
     imbalance: Annotated[
-        float | None, typer.Option(min=1.0, help="Make train long-tailed with this IF.")
+        float | None, typer.Option(help="Make train long-tailed with this IF (>= 1).")
     ] = None,
     profile: Annotated[Profile, typer.Option(help="Long-tail profile.")] = Profile.exp,
     val_fraction: Annotated[
@@ -317,7 +324,12 @@ def imagefolder(
     *,
     storage: dict[str, Any],
 ) -> PlanMaker:
-    """Any image-folder tree: SRC/<class>/**/<image>, or SRC/train/<class>/... (val/, test/)."""
+    """Any image-folder tree: SRC/<class>/**/<image>, or SRC/train/<class>/... (val/, test/).
+
+    With --imbalance, class c keeps its first n_c images; a source that cannot give the
+    profile (a class with fewer images than n_c) is refused, naming the IF it can give."""
+    if imbalance is not None:
+        check_imbalance(imbalance)
 
     def make_plan(scratch: str) -> SourcePlan:
         return sources.imagefolder(
@@ -334,7 +346,11 @@ def imagenet_lt(
     lists: Annotated[str, typer.Option(help="Folder of ImageNet_LT_{train,val,test}.txt.")],
     out: Annotated[str, typer.Argument(help="Output folder or URL.")],
     classes: Annotated[
-        str | None, typer.Option(help="Class names in label order (one a line, or JSON list).")
+        str | None,
+        typer.Option(
+            help="Class names in label order (one a line, or JSON list); default: the WordNet "
+            "ids in the image paths (n01440764), else class_N."
+        ),
     ] = None,
     num_classes: Annotated[
         int | None, typer.Option(min=1, help="Number of classes (default: from the lists).")
@@ -376,7 +392,7 @@ def synthetic(
     out: Annotated[str, typer.Argument(help="Output folder or URL.")],
     classes: Annotated[int, typer.Option(min=2, help="Number of classes.")] = 10,
     n_max: Annotated[int, typer.Option(min=1, help="Train images of the largest class.")] = 200,
-    imbalance: Annotated[float, typer.Option(min=1.0, help="Imbalance factor.")] = 20.0,
+    imbalance: Annotated[float, typer.Option(help="Imbalance factor (>= 1).")] = 20.0,
     profile: Annotated[Profile, typer.Option(help="Long-tail profile.")] = Profile.exp,
     image_size: Annotated[int, typer.Option(min=8, max=1024, help="Image side in pixels.")] = 32,
     test_per_class: Annotated[int, typer.Option(min=0, help="Balanced test images.")] = 50,

@@ -2,7 +2,9 @@
 
 It names the classes in label order, each split's per-class counts and shards (path relative
 to the data set, rows, bytes, sha256, rows per row group), the long-tail profile (name, IF,
-n_max, seed, per-class train count and shot group) and the source it came from. A directory
+n_max, seed, per-class train count and shot group), the source it came from, warnings about
+what the prepare could not do as asked, and the parts of its fingerprint (recipe, per-split
+items and contents) so that a re-run can say what changed. A directory
 without it is not a data set (or a prepare that did not finish), and readers refuse it.
 """
 
@@ -68,6 +70,9 @@ class Manifest:
     fingerprint: str = ""
     version: int = VERSION
     url: str = ""
+    # the fingerprint's parts (ltray.data.prepare.fingerprint); {} in older manifests
+    fingerprints: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what the prepare could not do as asked
 
     @property
     def num_classes(self) -> int:
@@ -117,6 +122,8 @@ class Manifest:
             },
             "profile": self.profile,
             "source": self.source,
+            "warnings": list(self.warnings),
+            "fingerprints": self.fingerprints,
         }
 
     @classmethod
@@ -153,6 +160,8 @@ class Manifest:
             profile=dict(data.get("profile") or {}),
             source=dict(data.get("source") or {}),
             fingerprint=str(data.get("fingerprint", "")),
+            fingerprints=dict(data.get("fingerprints") or {}),
+            warnings=[str(w) for w in data.get("warnings") or []],
         )
 
 
@@ -181,5 +190,6 @@ def read_manifest(url: str, storage_options: StorageOptions = None) -> Manifest:
 
 def write_manifest(manifest: Manifest, url: str, storage_options: StorageOptions = None) -> None:
     """Write ``url/manifest.json`` in one piece (rename where the filesystem allows)."""
-    text = json.dumps(manifest.to_json(), indent=1, sort_keys=False) + "\n"
+    # allow_nan=False: Infinity / NaN are not JSON, and no field of ours may hold them
+    text = json.dumps(manifest.to_json(), indent=1, sort_keys=False, allow_nan=False) + "\n"
     fs.write_bytes(fs.join_url(url, MANIFEST_NAME), text.encode(), storage_options)

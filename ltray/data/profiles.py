@@ -24,13 +24,26 @@ PROFILES: Registry[list[int]] = Registry("long-tail profile")
 GROUPS = ("many", "medium", "few")
 
 
+def check_imbalance(imbalance: float) -> None:
+    """An imbalance factor is a finite number >= 1 (inf and nan are not)."""
+    if not (math.isfinite(imbalance) and imbalance >= 1.0):
+        raise LtrayError(
+            f"--imbalance must be a finite number >= 1 (largest class / smallest), got {imbalance}"
+        )
+
+
 def _check(n_max: int, num_classes: int, imbalance: float) -> None:
     if n_max < 1:
         raise LtrayError(f"n_max must be at least 1, got {n_max}")
     if num_classes < 1:
         raise LtrayError(f"the number of classes must be at least 1, got {num_classes}")
-    if not imbalance >= 1.0:
-        raise LtrayError(f"--imbalance must be at least 1 (max/min class size), got {imbalance}")
+    check_imbalance(imbalance)
+    if num_classes > 1 and imbalance > n_max:
+        raise LtrayError(
+            f"--imbalance {imbalance:g} needs at least {math.ceil(imbalance)} images in the "
+            f"largest class, which has {n_max}: the smallest class would get "
+            f"{n_max / imbalance:.2g} (at most --imbalance {n_max} here)"
+        )
 
 
 @PROFILES.register("exp")
@@ -59,6 +72,28 @@ def long_tail_counts(profile: str, n_max: int, num_classes: int, imbalance: floa
     """Per-class counts of a named profile (see the module docstring for the formulas)."""
     fn: Callable[..., list[int]] = PROFILES.get(profile)
     return fn(n_max, num_classes, imbalance)
+
+
+def smallest_imbalance(profile: str, n_max: int, available: Sequence[int]) -> float | None:
+    """The smallest IF (rounded up to 3 significant digits) whose per-class counts every class
+    can meet from ``available`` images, or None if no IF up to n_max fits (a class in the
+    head has too few). Counts fall as IF grows, so a bisection finds it."""
+
+    def fits(imbalance: float) -> bool:
+        targets = long_tail_counts(profile, n_max, len(available), imbalance)
+        return all(t <= a for t, a in zip(targets, available, strict=True))
+
+    if len(available) < 2 or fits(1.0):
+        return 1.0
+    if not fits(float(n_max)):
+        return None
+    lo, hi = 1.0, float(n_max)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    step = 10.0 ** (math.floor(math.log10(hi)) - 2)
+    rounded = math.ceil(hi / step - 1e-9) * step
+    return float(f"{rounded:.3g}") if fits(float(f"{rounded:.3g}")) else hi
 
 
 def shot_group(count: int, many: int = 100, few: int = 20) -> str:

@@ -11,8 +11,9 @@ import pytest
 
 from ltray import fs
 from ltray.data.manifest import read_manifest
-from ltray.data.prepare import sources
+from ltray.data.prepare import orchestrator, sources
 from ltray.data.prepare.orchestrator import PrepareOptions, prepare, prepare_from
+from ltray.data.prepare.out_folder import move_into_place
 from ltray.data.shards import ShardLayout
 from ltray.errors import LtrayError
 
@@ -87,6 +88,7 @@ def test_bad_images_are_skipped_counted_and_named(small_tree, tmp_path):
     report = json.loads((tmp_path / "strict" / "prepare-report.json").read_text())
     assert {b["id"] for b in report["bad_items"]} == {"train/ant/9998.jpg", "train/bee/9999.jpg"}
     assert not (tmp_path / "strict" / "manifest.json").exists()
+    assert not (tmp_path / "strict" / "train").exists()  # unfinished shards stay in _prepare/
 
     result = _prepare_tree(small_tree, tmp_path / "lenient", max_bad_fraction=0.1)
     bad = {b["id"]: b["reason"] for b in result.report["bad_items"]}
@@ -122,65 +124,101 @@ def test_unrelated_non_empty_out_is_refused(small_tree, tmp_path):
     assert (out / "thesis.tex").read_text() == "precious"  # --overwrite replaces only our files
 
 
-def test_interrupted_prepare_resumes_without_redoing_finished_shards(small_tree, tmp_path):
+class Killed(BaseException):
+    """A prepare killed at a chosen step (BaseException: nothing in the prepare catches it)."""
+
+
+def _killed_at(step, monkeypatch, src, out, after=None, **kw):
+    """Run a prepare of ``src`` that dies when the orchestrator calls ``step`` (optionally
+    after running ``after`` on that call's arguments), as a killed process would."""
+
+    def die(*args, **kwargs):
+        if after is not None:
+            after(*args, **kwargs)
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(orchestrator, step, die)
+        with pytest.raises(Killed):
+            _prepare_tree(src, out, **kw)
+
+
+def _shard_stamps(root):
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.glob("*/part-*.parquet")}
+
+
+def test_interrupted_prepare_resumes_without_redoing_finished_shards(
+    small_tree, tmp_path, monkeypatch
+):
+    reference = _prepare_tree(small_tree, tmp_path / "reference").manifest
     out = tmp_path / "out"
-    first = _prepare_tree(small_tree, out)
-    shards = sorted((out / "train").glob("*.parquet")) + sorted((out / "test").glob("*.parquet"))
-    # simulate a prepare killed late: no manifest, one shard lost, markers of the others kept
-    for shard in first.manifest.shards("train") + first.manifest.shards("test"):
-        info = {"fingerprint": first.manifest.fingerprint, "shard": shard.to_json()}
-        split, index = shard.path.split("/")[0], int(shard.path[-13:-8])
-        counts = [0, 0, 0]
-        for row in pq.read_table(out / shard.path).column("label").to_pylist():
-            counts[row] += 1
-        info.update(class_counts=counts, bad=[])
-        fs.write_bytes(
-            str(out / "_prepare" / f"{split}-part-{index:05d}.json"), json.dumps(info).encode()
-        )
-    fs.write_bytes(
-        str(out / "_prepare" / "plan.json"),
-        json.dumps({"fingerprint": first.manifest.fingerprint}).encode(),
-    )
-    (out / "manifest.json").unlink()
-    (out / "train" / "part-00002.parquet").unlink()
-    stamps = {p: p.stat().st_mtime_ns for p in shards if p.exists()}
+    _killed_at("move_into_place", monkeypatch, small_tree, out)
+    work = out / "_prepare"
+    assert not (out / "train").exists()  # shards stay in the work folder until all are done
+    (work / "train" / "part-00002.parquet").unlink()  # and one is lost
+    stamps = _shard_stamps(work)
+    assert len(stamps) == 5
     with pytest.raises(LtrayError, match="half-written"):
         read_manifest(str(out))
     resumed = _prepare_tree(small_tree, out)
     assert resumed.reused == 5 and resumed.written == 1
-    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
-    assert resumed.manifest.to_json() == first.manifest.to_json()
+    assert {k: v for k, v in _shard_stamps(out).items() if k in stamps} == stamps  # moved as is
+    assert resumed.manifest.to_json() == reference.to_json()
     assert not (out / "_prepare").exists()
 
 
-def test_a_shard_that_no_longer_matches_its_marker_is_redone(small_tree, tmp_path):
+def test_a_prepare_killed_while_moving_shards_into_place_resumes(small_tree, tmp_path, monkeypatch):
+    reference = _prepare_tree(small_tree, tmp_path / "reference").manifest
     out = tmp_path / "out"
-    first = _prepare_tree(small_tree, out)
-    shard = out / "train" / "part-00001.parquet"
-    marker = {
-        "fingerprint": first.manifest.fingerprint,
-        "shard": first.manifest.shards("train")[1].to_json(),
-        "class_counts": [1, 1, 1],
-        "bad": [],
-    }
-    fs.write_bytes(str(out / "_prepare" / "train-part-00001.json"), json.dumps(marker).encode())
-    fs.write_bytes(
-        str(out / "_prepare" / "plan.json"),
-        json.dumps({"fingerprint": first.manifest.fingerprint}).encode(),
-    )
-    (out / "manifest.json").unlink()
+
+    def move_two(out_url, paths, opts):
+        move_into_place(out_url, paths[:2], opts)
+
+    _killed_at("move_into_place", monkeypatch, small_tree, out, after=move_two)
+    assert len(_shard_stamps(out)) == 2 and len(_shard_stamps(out / "_prepare")) == 4
+    resumed = _prepare_tree(small_tree, out)
+    assert resumed.reused == 6 and resumed.written == 0
+    assert resumed.manifest.to_json() == reference.to_json()
+    for shard in resumed.manifest.shards("train") + resumed.manifest.shards("test"):
+        assert fs.sha256_of(str(out / shard.path)) == shard.sha256
+
+
+def test_a_shard_that_no_longer_matches_its_marker_is_redone(small_tree, tmp_path, monkeypatch):
+    reference = _prepare_tree(small_tree, tmp_path / "reference").manifest
+    out = tmp_path / "out"
+    _killed_at("move_into_place", monkeypatch, small_tree, out)
+    shard = out / "_prepare" / "train" / "part-00001.parquet"
     blob = bytearray(shard.read_bytes())
     blob[100] ^= 0xFF  # same size, other bytes
     shard.write_bytes(bytes(blob))
     resumed = _prepare_tree(small_tree, out)
-    assert resumed.reused == 0 and resumed.manifest.to_json() == first.manifest.to_json()
+    assert resumed.reused == 5 and resumed.written == 1
+    assert resumed.manifest.to_json() == reference.to_json()
 
 
-def test_a_different_unfinished_prepare_is_refused(small_tree, tmp_path):
+def test_a_different_unfinished_prepare_is_refused_saying_what_differs(
+    small_tree, tmp_path, monkeypatch
+):
     out = tmp_path / "out"
-    fs.write_bytes(str(out / "_prepare" / "plan.json"), b'{"fingerprint": "other"}')
-    with pytest.raises(LtrayError, match="unfinished prepare of a different data set"):
+    _killed_at(
+        "move_into_place",
+        monkeypatch,
+        small_tree,
+        out,
+        layout=ShardLayout(shard_rows=5, row_group_rows=2),
+    )
+    with pytest.raises(
+        LtrayError,
+        match=r"holds an unfinished prepare of a different data set: options differ "
+        r"\(layout.shard_rows 5 -> 4\); pass --overwrite to replace it",
+    ):
         _prepare_tree(small_tree, out)
+    assert _prepare_tree(small_tree, out, overwrite=True).reused == 0
+    fs.write_bytes(str(tmp_path / "old" / "_prepare" / "plan.json"), b'{"fingerprint": "x"}')
+    with pytest.raises(
+        LtrayError, match="unfinished prepare of a different data set: an older ltray.*--overwrite"
+    ):
+        _prepare_tree(small_tree, tmp_path / "old")
 
 
 def test_memory_url_round_trip(make_synthetic_plan):
@@ -232,8 +270,9 @@ def test_killed_prepare_subprocess_resumes(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = {p.name: p.stat().st_mtime_ns for p in (out / "train").glob("*.parquet")}
+    done = {p.name: p.stat().st_mtime_ns for p in (markers / "train").glob("*.parquet")}
     assert not (out / "manifest.json").exists() and len(done) >= 3
+    assert not (out / "train").exists()  # readers never see an unfinished shard
     plan = sources.synthetic(classes=10, n_max=600, imbalance=2, image_size=48, test_per_class=0)
     result = prepare(plan, str(out), PrepareOptions(layout=ShardLayout(shard_rows=150), workers=1))
     assert result.reused >= 3 and result.reused + result.written == len(
@@ -254,3 +293,33 @@ def test_file_url_round_trip(small_tree, tmp_path):
     assert [i for b in make_loader(ds, num_workers=0) for i in b["index"].tolist()] == list(
         range(6)
     )
+
+
+def test_a_tar_gz_source_is_the_same_data_set_on_every_run(small_tree, tmp_path):
+    import tarfile
+
+    archive = tmp_path / "src.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(small_tree, arcname="wrapper")
+    out = tmp_path / "out"
+    assert not _prepare_tree(archive, out).already_done
+    # decompressed into a new scratch folder each run: the member stamps, not paths, count
+    assert _prepare_tree(archive, out).already_done
+
+
+def test_a_resumed_prepare_with_fewer_images_leaves_no_stray_shard(
+    small_tree, tmp_path, monkeypatch
+):
+    out = tmp_path / "out"
+    _killed_at("write_manifest", monkeypatch, small_tree, out)  # every shard moved into place
+    assert len(list((out / "train").glob("part-*.parquet"))) == 4
+    for name in ("0003.jpg", "0004.jpg", "0005.jpg"):
+        (small_tree / "train" / "ant" / name).unlink()  # 12 train images: 3 shards of 4
+    resumed = _prepare_tree(small_tree, out)
+    assert [s.path for s in resumed.manifest.shards("train")] == [
+        f"train/part-0000{i}.parquet" for i in range(3)
+    ]
+    assert sorted(p.name for p in (out / "train").iterdir()) == [
+        f"part-0000{i}.parquet" for i in range(3)
+    ]
+    assert resumed.manifest.class_counts("train") == [3, 5, 4]

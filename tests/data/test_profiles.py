@@ -4,11 +4,13 @@ import pytest
 
 from ltray.data.profiles import (
     PROFILES,
+    check_imbalance,
     exponential_counts,
     long_tail_counts,
     pareto_counts,
     shot_group,
     shot_groups,
+    smallest_imbalance,
 )
 from ltray.errors import LtrayError
 
@@ -68,3 +70,32 @@ def test_shot_groups_boundaries():
     assert shot_groups(exponential_counts(5000, 10, 100)).count("many") == 8
     with pytest.raises(LtrayError):
         shot_group(5, many=10, few=20)
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, 0.99])
+def test_imbalance_must_be_finite_and_at_least_one(value):
+    with pytest.raises(LtrayError, match=r"must be a finite number >= 1 .*got"):
+        check_imbalance(value)
+    with pytest.raises(LtrayError, match="must be a finite number"):
+        exponential_counts(100, 10, value)
+
+
+def test_an_imbalance_past_n_max_is_refused_not_clipped():
+    assert exponential_counts(40, 5, 40)[-1] == 1
+    with pytest.raises(LtrayError, match="needs at least 41 images in the largest class"):
+        exponential_counts(40, 5, 40.5)  # int(40 / 40.5) = 0 would have become 1: IF 40
+
+
+@pytest.mark.parametrize("name", PROFILES.names())
+def test_smallest_imbalance_is_the_smallest_that_fits(name):
+    available = [10, 10, 2]
+    best = smallest_imbalance(name, 10, available)
+    assert best is not None
+
+    def fits(imbalance):
+        counts = long_tail_counts(name, 10, 3, imbalance)
+        return all(n <= have for n, have in zip(counts, available, strict=True))
+
+    assert fits(best) and not fits(best * (1 - 5e-3))  # 3 significant digits, rounded up
+    assert smallest_imbalance(name, 10, [10, 10, 10]) == 1.0
+    assert smallest_imbalance(name, 10, [2, 10, 10]) is None  # the head class is too small

@@ -98,3 +98,24 @@ def test_truncated_shard_on_s3_is_named(s3_options, make_synthetic_plan):
     ds = StreamingImageDataset(out, "train", batch_size=8, storage_options=s3_options)
     with pytest.raises(LtrayError, match=r"shard train/part-00000.parquet: .*\(truncated"):
         list(make_loader(ds, num_workers=2))
+
+
+def test_an_image_replaced_on_s3_is_noticed_and_out_inside_src_refused(
+    s3_options, tmp_path, make_tree, make_image
+):
+    src = make_tree(tmp_path / "src", {"": {"a": 3, "b": 3}})
+    filesystem, _ = fs.get_fs(f"s3://{BUCKET}", s3_options)
+    filesystem.put(str(src), f"{BUCKET}/src2", recursive=True)
+    opts = ["--storage-options", json.dumps(s3_options)]
+    out = f"s3://{BUCKET}/datasets/replaced"
+    args = ["imagefolder", f"s3://{BUCKET}/src2", out, *opts]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert not filesystem.exists(f"{BUCKET}/datasets/replaced/_prepare")  # shards moved, work gone
+    filesystem.pipe_file(f"{BUCKET}/src2/a/0001.jpg", make_image(4321))  # same key, new bytes
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1
+    assert "images of the train split changed" in refused.stderr and "--overwrite" in refused.stderr
+    inside = ["imagefolder", f"s3://{BUCKET}/src2", f"s3://{BUCKET}/src2/lt", *opts]
+    result = CliRunner().invoke(app, inside)
+    assert result.exit_code == 1 and "is inside the source" in result.stderr
+    _no_secrets(refused.stderr + result.stderr)

@@ -9,6 +9,7 @@ from ltray.data.prepare import list_sources as listed
 from ltray.data.prepare import sources
 from ltray.data.prepare.image_refs import read_item
 from ltray.data.prepare.synthetic import render_array
+from ltray.data.profiles import exponential_counts
 from ltray.errors import LtrayError
 
 
@@ -127,10 +128,10 @@ def test_cifar_from_torchvision_pickles_encodes_png_losslessly(tmp_path):
     from ltray.data.decode import decode_rgb
 
     root = _fake_cifar10(tmp_path / "tv")
-    plan = sources.cifar_lt(str(root), str(tmp_path / "s"), imbalance=5, dataset="cifar10")
+    # this fake holds 10 images a class: a subset of CIFAR-10, so n_max 10 (not 5000)
+    plan = sources.cifar_lt(str(root), str(tmp_path / "s"), imbalance=5, n_max=10)
     assert plan.classes[0] == "airplane" and len(plan.classes) == 10
-    # n_max is CIFAR-10's 5000; this fake has 10 a class, so every class keeps what it has
-    assert _counts(plan) == [10] * 10 and _counts(plan, "test") == [2] * 10
+    assert _counts(plan) == exponential_counts(10, 10, 5) and _counts(plan, "test") == [2] * 10
     item = plan.splits["train"][0]
     assert item.id == "data_batch_1/00000"
     raw = pickle.loads((root / "cifar-10-batches-py" / "data_batch_1").read_bytes())["data"][0]
@@ -138,6 +139,9 @@ def test_cifar_from_torchvision_pickles_encodes_png_losslessly(tmp_path):
     assert np.array_equal(pixels, raw.reshape(3, 32, 32))
     with pytest.raises(LtrayError, match="holds cifar10, but --dataset is cifar100"):
         sources.cifar_lt(str(root), str(tmp_path / "s"), imbalance=5, dataset="cifar100")
+    # with the protocol's n_max of 5000 this subset cannot give CIFAR-10-LT: refused, not faked
+    with pytest.raises(LtrayError, match=r"needs 5000 train images in class 'airplane'.*has 10"):
+        sources.cifar_lt(str(root), str(tmp_path / "s"), imbalance=5)
 
 
 def test_cifar_from_folder_checks_class_count(small_tree, tmp_path):
@@ -281,3 +285,97 @@ def test_synthetic_rejects_bad_options():
         sources.synthetic(image_size=4)
     with pytest.raises(LtrayError, match="--format"):
         sources.synthetic(fmt="gif")
+
+
+# --- inputs that used to pass silently (issue 13, items 7 and 8) ---------------------------
+
+
+def test_inat18_annotations_must_name_an_image_and_agree(tmp_path, make_tree):
+    stray = [{"image_id": 1, "category_id": 7}, {"image_id": 999, "category_id": 7}]
+    images, ann = _inat(tmp_path, make_tree, val_annotations=stray)
+    with pytest.raises(
+        LtrayError, match=r"^val2018.json: annotation 1 names image_id 999, not in 'images'$"
+    ):
+        listed.inat18(str(images), str(ann))
+    twice = [{"image_id": 1, "category_id": 7}, {"image_id": 1, "category_id": 40}]
+    images, ann = _inat(tmp_path, make_tree, val_annotations=twice)
+    with pytest.raises(
+        LtrayError,
+        match=r"val2018.json: annotation 1 gives image 1 category_id 40, but annotation 0 gave",
+    ):
+        listed.inat18(str(images), str(ann))
+    same = [{"image_id": 1, "category_id": 7}, {"image_id": 1, "category_id": 7}]  # two boxes
+    images, ann = _inat(tmp_path, make_tree, val_annotations=same)
+    assert _counts(listed.inat18(str(images), str(ann)), "val") == [1, 0]
+
+
+def test_imagenet_lt_train_label_past_a_gap_names_its_line(tmp_path, make_tree):
+    lines = ["train/n01/0000.jpg 0", "train/n01/0001.jpg 1", "train/n02/0000.jpg 6"]
+    images, lists = _imagenet_lt(tmp_path, make_tree, train_lines=lines)
+    with pytest.raises(
+        LtrayError,
+        match=r"^ImageNet_LT_train.txt line 3: label 6 is out of range: labels 0-1 have train "
+        r"images, 2-5 none \(pass --num-classes or --classes if that is meant\)$",
+    ):
+        listed.imagenet_lt(str(images), str(lists), classes_file=None)
+
+
+def test_imagenet_lt_classes_file_with_the_wrong_count_is_named(tmp_path, make_tree):
+    images, lists = _imagenet_lt(tmp_path, make_tree)
+    names = tmp_path / "names.txt"
+    for given in (["tench"], ["tench", "goldfish", "shark"]):
+        names.write_text("\n".join(given) + "\n")
+        with pytest.raises(
+            LtrayError,
+            match=rf"names.txt: {len(given)} class names, but ImageNet_LT_train.txt has labels "
+            r"0-1 \(the largest on line 4\), so 2 classes$",
+        ):
+            listed.imagenet_lt(str(images), str(lists), classes_file=str(names))
+
+
+def test_imagenet_lt_class_names_default_to_the_wordnet_ids(tmp_path, make_tree):
+    wnids = ["n01440764", "n01443537"]
+    images = make_tree(tmp_path / "imgs", {"train": {wnids[0]: 2, wnids[1]: 1}})
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    rows = [f"train/{wnids[0]}/0000.jpg 0", f"train/{wnids[0]}/0001.jpg 0"]
+    rows.append(f"train/{wnids[1]}/0000.jpg 1")
+    (lists / "ImageNet_LT_train.txt").write_text("\n".join(rows) + "\n")
+    assert listed.imagenet_lt(str(images), str(lists)).classes == wnids
+    # a label whose paths carry two ids (or none) keeps the neutral names
+    rows[1] = f"train/{wnids[1]}/0000.jpg 0"
+    rows[2] = f"train/{wnids[0]}/0001.jpg 1"
+    (lists / "ImageNet_LT_train.txt").write_text("\n".join(rows) + "\n")
+    assert listed.imagenet_lt(str(images), str(lists)).classes == ["class_0", "class_1"]
+
+
+def test_listed_images_are_stamped_from_one_listing_per_folder(tmp_path, make_tree):
+    images, lists = _imagenet_lt(tmp_path, make_tree)
+    (lists / "ImageNet_LT_val.txt").write_text("val/n01/0000.jpg 0\nval/n02/gone.jpg 1\n")
+    plan = listed.imagenet_lt(str(images), str(lists))
+    first = plan.splits["train"][0]
+    size = (images / first.id).stat().st_size
+    assert first.size == size and first.stamp.startswith(f"{size}:")
+    assert [i.stamp for i in plan.splits["val"]][1] == "missing"
+
+
+def test_os_files_in_image_folders_are_not_images(make_tree, tmp_path):
+    root = make_tree(tmp_path / "t", {"": {"x": 2, "y": 2}})
+    (root / "x" / "Thumbs.db").write_bytes(b"\x00junk")
+    (root / "y" / "desktop.ini").write_text("[.ShellClassInfo]")
+    (root / "x" / ".DS_Store").write_bytes(b"junk")
+    assert _counts(sources.imagefolder(str(root), str(tmp_path / "s"))) == [2, 2]
+    (root / "__MACOSX" / "x").mkdir(parents=True)
+    (root / "__MACOSX" / "x" / "._0000.jpg").write_bytes(b"resource fork")
+    plan = sources.imagefolder(str(root), str(tmp_path / "s"))
+    assert plan.classes == ["x", "y"] and _counts(plan) == [2, 2]
+
+
+def test_tree_items_carry_size_and_mtime_stamps(small_tree, tmp_path):
+    plan = sources.imagefolder(str(small_tree), str(tmp_path / "s"))
+    item = plan.splits["train"][0]
+    stat = (small_tree / item.id).stat()
+    assert item.stamp == f"{stat.st_size}:{stat.st_mtime}"
+    tar = _tar(small_tree, tmp_path / "s.tar", "w")
+    tarred = sources.imagefolder(str(tar), str(tmp_path / "s")).splits["train"][0]
+    assert tarred.stamp.startswith(f"{stat.st_size}:")

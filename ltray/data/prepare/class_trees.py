@@ -7,7 +7,10 @@ into a local scratch file. The tree is then cut into splits and classes:
     ROOT/[wrapper/]train/<class>/**/file   val/...   test/...    (split folders at the top)
     ROOT/[wrapper/]<class>/**/file                                 (no split folders: all train)
 
-Single wrapper folders (``cifar10/``) are descended; hidden files are ignored.
+Single wrapper folders (``cifar10/``) are descended; hidden files and the files operating
+systems leave in image folders (``Thumbs.db``, ``desktop.ini``, ``__MACOSX/``) are ignored.
+Every file carries a stamp (size and modification time, as listed) that fingerprints its
+contents.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ltray import fs
+from ltray.data.prepare.fingerprint import content_stamp
 from ltray.data.prepare.image_refs import FileRef, Item, Ref, TarRef
 from ltray.errors import LtrayError
 from ltray.fs import StorageOptions
@@ -28,6 +32,7 @@ from ltray.secrets import redact_url
 
 SPLIT_NAMES = ("train", "val", "test")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+OS_FILES = {"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "__macosx"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class TreeFile:
     rel: str  # path inside the tree, '/'-separated, e.g. "cifar10/train/cat/0001.jpg"
     ref: Ref
     size: int
+    stamp: str = ""
 
 
 @dataclass
@@ -57,7 +63,8 @@ def is_tar(src: str) -> bool:
 
 
 def _hidden(rel: str) -> bool:
-    return any(part.startswith(".") for part in rel.split("/"))
+    """Hidden (.DS_Store, ._x.jpg) or left by an OS (Thumbs.db, __MACOSX/): not images."""
+    return any(part.startswith(".") or part.lower() in OS_FILES for part in rel.split("/"))
 
 
 def _with_parents(dirs: set[str], rels: Iterable[str]) -> set[str]:
@@ -93,7 +100,12 @@ def list_dir_tree(src: str, storage_options: StorageOptions = None) -> Tree:
         return name[len(root) :].lstrip("/")
 
     files = [
-        TreeFile(rel_of(name), FileRef(fs.join_url(src, rel_of(name))), int(info.get("size") or 0))
+        TreeFile(
+            rel_of(name),
+            FileRef(fs.join_url(src, rel_of(name))),
+            int(info.get("size") or 0),
+            content_stamp(info),
+        )
         for name, info in entries.items()
         if info.get("type") != "directory" and rel_of(name) and not _hidden(rel_of(name))
     ]
@@ -140,7 +152,8 @@ def list_tar_tree(src: str, scratch: str, storage_options: StorageOptions = None
                         dirs.add(rel)
                     elif member.isfile():
                         ref = TarRef(tar_url, member.offset_data, member.size)
-                        files.append(TreeFile(rel, ref, member.size))
+                        stamp = f"{member.size}:{member.mtime}:{member.chksum}"
+                        files.append(TreeFile(rel, ref, member.size, stamp))
         except tarfile.TarError as exc:
             raise LtrayError(f"{redact_url(src)}: not a readable tar archive ({exc})") from None
     return Tree(files, _with_parents(dirs, (f.rel for f in files)))
@@ -204,7 +217,7 @@ def split_classes(tree: Tree, src: str) -> ClassTree:
                 raise LtrayError(f"{shown}: class folder {folder}/ is empty")
             label = label_of[name]
             files.sort(key=lambda f: f.rel)
-            per_class[label] = [Item(f.rel, label, f.ref, f.size) for f in files]
+            per_class[label] = [Item(f.rel, label, f.ref, f.size, f.stamp) for f in files]
         splits[split] = per_class
     return ClassTree(classes, splits, root)
 

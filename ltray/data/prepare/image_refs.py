@@ -49,6 +49,7 @@ class Item:
     label: int
     ref: Ref
     size: int = 0  # bytes, when known up front (sizes the shards)
+    stamp: str = ""  # size and mtime (or the store's content hash) as listed; "" if generated
 
 
 def read_item(item: Item, storage_options: StorageOptions = None) -> bytes:

@@ -2,16 +2,20 @@
 
 Both name every image with its label up front, so the long-tail profile is the one the files
 give ("given"); a label outside the class range, an empty class, or a line / JSON document
-that does not parse is an error naming the file and the line or entry.
+that does not parse is an error naming the file and the line or entry. Every named image is
+stamped (size and modification time) by listing its folder once, which also sizes the shards.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
+import re
+from dataclasses import replace
 from typing import Any
 
 from ltray import fs
+from ltray.data.prepare.fingerprint import stat_files
 from ltray.data.prepare.image_refs import FileRef, Item
 from ltray.data.prepare.sources import SourcePlan, flatten
 from ltray.errors import LtrayError
@@ -75,6 +79,53 @@ def _empty_classes_check(per_class: list[list[Item]], classes: list[str], where:
         raise LtrayError(f"{where}: class {', '.join(empty[:5])}{more} has no train images")
 
 
+def _stamped(splits: dict[str, list[Item]], storage_options: StorageOptions) -> None:
+    """Give every item its size and content stamp, in place."""
+    urls = [item.ref.url for items in splits.values() for item in items]  # type: ignore[union-attr]
+    stats = stat_files(urls, storage_options)
+    for split, items in splits.items():
+        splits[split] = [
+            replace(item, stamp=stats[url][0], size=stats[url][1])
+            for item in items
+            for url in [item.ref.url]  # type: ignore[union-attr]
+        ]
+
+
+WNID = re.compile(r"(?:^|/)(n\d{8})(?=[/_.])")
+
+
+def wordnet_ids(rows: list[tuple[str, int, int]], n: int) -> list[str] | None:
+    """Class names from the WordNet ids in ImageNet paths (train/n01440764/n01440764_1.JPEG),
+    if every label has exactly one and no two labels share one; else None."""
+    found: list[set[str]] = [set() for _ in range(n)]
+    for path, label, _ in rows:
+        match = WNID.search(path)
+        if match is None or not 0 <= label < n:
+            return None
+        found[label].add(match.group(1))
+    if any(len(ids) != 1 for ids in found):
+        return None
+    names = [next(iter(ids)) for ids in found]
+    return names if len(set(names)) == n else None
+
+
+def _label_gap(rows: list[tuple[str, int, int]], name: str) -> None:
+    """With the class count taken from the largest label, a label past a gap is a typo far
+    likelier than a run of empty classes: name its line."""
+    used = {label for _, label, _ in rows}
+    top = 0
+    while top in used:
+        top += 1
+    beyond = [(lineno, label) for _, label, lineno in rows if label > top]
+    if beyond:
+        lineno, label = min(beyond)
+        raise LtrayError(
+            f"{name} line {lineno}: label {label} is out of range: labels 0-{top - 1} have "
+            f"train images, {top}-{label - 1} none (pass --num-classes or --classes if "
+            "that is meant)"
+        )
+
+
 def _given_profile(per_class: list[list[Item]], seed: int) -> dict[str, Any]:
     counts = [len(c) for c in per_class]
     return {
@@ -105,11 +156,20 @@ def imagenet_lt(
                 _read_text(url, storage_options), posixpath.basename(url)
             )
     classes = read_class_names(classes_file, storage_options) if classes_file else None
-    n = num_classes or (
-        len(classes) if classes else 1 + max((r[1] for r in found["train"]), default=-1)
-    )
+    train = found["train"]
+    labels = 1 + max((label for _, label, _ in train), default=-1)
+    if classes is not None and num_classes is None and len(classes) != labels:
+        lineno = max(train, key=lambda r: r[1])[2] if train else 0
+        raise LtrayError(
+            f"{classes_file}: {len(classes)} class names, but ImageNet_LT_train.txt has labels "
+            f"0-{labels - 1} (the largest on line {lineno}), so {labels} classes"
+        )
+    if classes is None and num_classes is None:
+        _label_gap(train, "ImageNet_LT_train.txt")
+    n = num_classes or (len(classes) if classes else labels)
     if classes is None:
-        classes = [f"class_{i}" for i in range(n)]
+        classes = wordnet_ids(train, n) if labels == n else None
+        classes = classes or [f"class_{i}" for i in range(n)]
     if len(classes) != n:
         raise LtrayError(f"{classes_file}: {len(classes)} class names for --num-classes {n}")
     splits: dict[str, list[Item]] = {}
@@ -124,6 +184,7 @@ def imagenet_lt(
         splits[split] = flatten(_per_class(items, n))
     per_class = _per_class(splits["train"], n)
     _empty_classes_check(per_class, classes, "ImageNet_LT_train.txt")
+    _stamped(splits, storage_options)
     params = {"num_classes": n, "seed": seed}
     origin = {"images": redact_url(images), "lists": redact_url(lists)}
     profile = _given_profile(per_class, seed)
@@ -147,7 +208,13 @@ def _coco_items(data: Any, name: str, images: str, label_of: dict[int, int]) -> 
     """COCO-style images + annotations -> items; every image needs one known category."""
     if not isinstance(data, dict) or not {"images", "annotations"} <= set(data):
         raise LtrayError(f"{name}: expected a JSON object with 'images' and 'annotations'")
-    category_of: dict[Any, int] = {}
+    image_ids = set()
+    for i, image in enumerate(data["images"]):
+        try:
+            image_ids.add(image["id"])
+        except (KeyError, TypeError):
+            raise LtrayError(f"{name}: image {i} lacks id or file_name") from None
+    category_of: dict[Any, tuple[int, int]] = {}  # image id -> (label, annotation index)
     for i, ann in enumerate(data["annotations"]):
         try:
             image_id, category = ann["image_id"], ann["category_id"]
@@ -158,7 +225,15 @@ def _coco_items(data: Any, name: str, images: str, label_of: dict[int, int]) -> 
                 f"{name}: annotation {i} (image_id {image_id}): category_id {category} is "
                 f"outside the class range (not one of the {len(label_of)} categories)"
             )
-        category_of[image_id] = label_of[category]
+        if image_id not in image_ids:
+            raise LtrayError(f"{name}: annotation {i} names image_id {image_id}, not in 'images'")
+        earlier = category_of.get(image_id)
+        if earlier is not None and earlier[0] != label_of[category]:
+            raise LtrayError(
+                f"{name}: annotation {i} gives image {image_id} category_id {category}, but "
+                f"annotation {earlier[1]} gave it another; an image takes one label"
+            )
+        category_of[image_id] = (label_of[category], i)
     items = []
     for i, image in enumerate(data["images"]):
         try:
@@ -168,7 +243,7 @@ def _coco_items(data: Any, name: str, images: str, label_of: dict[int, int]) -> 
         if image_id not in category_of:
             raise LtrayError(f"{name}: image {image_id} ({file_name}) has no annotation")
         items.append(
-            Item(file_name, category_of[image_id], FileRef(fs.join_url(images, file_name)))
+            Item(file_name, category_of[image_id][0], FileRef(fs.join_url(images, file_name)))
         )
     return items
 
@@ -195,6 +270,7 @@ def inat18(
     per_class = _per_class(splits["train"], n)
     _empty_classes_check(per_class, classes, "train2018.json")
     splits = {s: flatten(_per_class(items, n)) for s, items in splits.items()}
+    _stamped(splits, storage_options)
     origin = {"images": redact_url(images), "annotations": redact_url(annotations)}
     profile = _given_profile(per_class, seed)
     return SourcePlan("inat18", classes, splits, profile, {"seed": seed}, origin)

@@ -1,12 +1,15 @@
 """``ltray prepare``: turn a source's items into Parquet shards and a manifest, in parallel.
 
 One task is one shard (:mod:`ltray.data.prepare.shard_task`): a worker process reads its items'
-bytes, validates every image, writes the shard (to any fsspec URL) and then a small marker. A
-re-run of the same prepare (same fingerprint: source parameters, shard layout, validation and
-every (id, label)) keeps each shard whose marker matches the file's size and sha256 and redoes
-the rest, so an interrupted prepare resumes (:mod:`ltray.data.prepare.out_folder` decides what
-OUT allows).
-``manifest.json`` is written last; then ``_prepare/`` is removed.
+bytes, validates every image, writes the shard (to any fsspec URL) under ``OUT/_prepare/`` and
+then a small marker. The data set's fingerprint covers the recipe (source parameters, shard
+layout, validation), every (id, label) and every image's content stamp
+(:mod:`ltray.data.prepare.fingerprint`). A re-run of an unfinished prepare with the same recipe
+keeps each shard whose marker matches its items and stamps and the file's size and sha256, and
+redoes the rest, so an interrupted prepare resumes and a fixed image is picked up
+(:mod:`ltray.data.prepare.out_folder` decides what OUT allows). Once every shard is done the
+shards move into ``OUT/<split>/``, ``manifest.json`` is written last, then ``_prepare/`` is
+removed.
 
 Bad images (unreadable, not JPEG/PNG, or not decodable) are skipped, counted and listed in
 ``OUT/prepare-report.json``; more than ``max_bad_fraction`` of them fails the prepare.
@@ -14,7 +17,6 @@ Bad images (unreadable, not JPEG/PNG, or not decodable) are skipped, counted and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -24,16 +26,24 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
 
 from ltray import fs
-from ltray.data.manifest import PROGRESS_DIR, VERSION, Manifest, SplitInfo, write_manifest
+from ltray.data.manifest import PROGRESS_DIR, Manifest, SplitInfo, write_manifest
+from ltray.data.prepare.fingerprint import fingerprints, legacy_fingerprint, shard_fingerprint
 from ltray.data.prepare.image_refs import FileRef, Item
-from ltray.data.prepare.out_folder import REPORT_NAME, check_out, write_plan_marker
+from ltray.data.prepare.out_folder import (
+    REPORT_NAME,
+    check_out,
+    check_out_location,
+    move_into_place,
+    remove_stray_shards,
+    write_plan_marker,
+)
 from ltray.data.prepare.shard_task import (
     ShardResult,
     ShardTask,
@@ -75,6 +85,7 @@ class PrepareResult:
     written: int  # shards written by this run
     reused: int  # shards kept from an interrupted run
     already_done: bool = False  # OUT already held this very data set
+    note: str = ""  # about an already-done data set, for the summary
 
 
 # --- pure planning -------------------------------------------------------------------------
@@ -89,29 +100,18 @@ def write_order(items: list[Item], split: str, seed: int) -> list[Item]:
     return [items[i] for i in perm]
 
 
-def fingerprint(plan: SourcePlan, layout: ShardLayout, validate: str = "decode") -> str:
-    """sha256 of what defines the data set: source kind and parameters, shard layout, the
-    validation mode, and every split's (id, label) in write order. Where the source lives is
-    not part of it (moving SRC does not make it another data set)."""
-    digest = hashlib.sha256()
-    head = {
-        "version": VERSION,
-        "kind": plan.kind,
-        "params": plan.params,
-        "layout": asdict(layout),
-        "validate": validate,
-    }
-    digest.update(json.dumps(head, sort_keys=True, default=str).encode())
-    digest.update(json.dumps(plan.classes).encode())
-    for split, items in plan.splits.items():
-        digest.update(f"\n[{split}]".encode())
-        for item in items:
-            digest.update(f"\n{item.label}\t{item.id}".encode())
-    return digest.hexdigest()
+def plan_fingerprints(plan: SourcePlan, layout: ShardLayout, validate: str = "decode") -> dict:
+    """The fingerprint of what ``plan`` writes and its parts (see
+    :mod:`ltray.data.prepare.fingerprint`); ``plan`` in write order."""
+    return fingerprints(plan.kind, plan.params, plan.classes, plan.splits, layout, validate)
 
 
 def shard_tasks(
-    plan: SourcePlan, out: str, options: PrepareOptions, fp: str, sizes: dict[str, list[int]]
+    plan: SourcePlan,
+    out: str,
+    options: PrepareOptions,
+    parts: dict[str, Any],
+    sizes: dict[str, list[int]],
 ) -> list[ShardTask]:
     """Cut every split (in write order) into shard tasks by the layout's size limits."""
     tasks = []
@@ -120,16 +120,17 @@ def shard_tasks(
         start = 0
         pieces = cut_by_size(sizes[split], layout.shard_rows, layout.shard_bytes)
         for index, rows in enumerate(pieces):
+            mine = items[start : start + rows]
             tasks.append(
                 ShardTask(
                     split,
                     index,
-                    items[start : start + rows],
+                    mine,
                     out,
                     len(plan.classes),
                     layout,
                     options.validate,
-                    fp,
+                    shard_fingerprint(parts, split, index, mine),
                     dict(options.storage_options),
                     sum(sizes[split][start : start + rows]),
                 )
@@ -299,7 +300,7 @@ def _report(
 
 
 def _build_manifest(
-    plan: SourcePlan, results: list[ShardResult], fp: str, many: int = 100, few: int = 20
+    plan: SourcePlan, results: list[ShardResult], parts: dict, many: int = 100, few: int = 20
 ) -> Manifest:
     splits: dict[str, SplitInfo] = {}
     for split in plan.splits:
@@ -314,9 +315,13 @@ def _build_manifest(
         raise LtrayError(f"class {empty[0]!r} has no readable train image left (see {REPORT_NAME})")
     groups = shot_groups(train_counts, many, few)
     profile = dict(plan.profile)
+    requested = plan.profile.get("imbalance")
+    actual = max(train_counts) / min(train_counts)
     profile.update(
         {
-            "imbalance_actual": max(train_counts) / max(1, min(train_counts)),
+            "n_max": max(train_counts),  # as written: skipped images do not count
+            "imbalance_requested": requested if plan.profile.get("name") != "given" else None,
+            "imbalance_actual": actual,
             "many_threshold": many,
             "few_threshold": few,
             "per_class": [
@@ -327,14 +332,49 @@ def _build_manifest(
             ],
         }
     )
+    if plan.profile.get("n_max") not in (None, profile["n_max"]):
+        profile["n_max_requested"] = plan.profile["n_max"]
     source = {"kind": plan.kind, **plan.params, **plan.origin}
-    return Manifest(list(plan.classes), splits, profile, source, fp)
+    warnings = _profile_warnings(plan, train_counts)
+    recorded = {k: v for k, v in parts.items() if k != "fingerprint"}
+    manifest = Manifest(list(plan.classes), splits, profile, source, parts["fingerprint"])
+    manifest.fingerprints, manifest.warnings = recorded, warnings
+    return manifest
+
+
+def _profile_warnings(plan: SourcePlan, written: list[int]) -> list[str]:
+    """Where skipped bad images moved the train counts away from the planned profile."""
+    planned = [0] * len(plan.classes)
+    for item in plan.splits["train"]:
+        planned[item.label] += 1
+    if planned == written:
+        return []
+    short = [
+        f"{plan.classes[c]!r} {have} of {want}"
+        for c, (want, have) in enumerate(zip(planned, written, strict=True))
+        if have != want
+    ]
+    more = f" and {len(short) - 3} more" if len(short) > 3 else ""
+    text = (
+        f"bad images left {len(short)} class(es) short of the planned train counts "
+        f"({', '.join(short[:3])}{more})"
+    )
+    if max(written) * min(planned) != max(planned) * min(written):  # the IFs, exactly
+        planned_if, written_if = max(planned) / min(planned), max(written) / min(written)
+        text += f": imbalance {written_if:.4g} instead of {planned_if:.4g}"
+    return [text]
 
 
 def _already_done(manifest: Manifest, out: str, opts: StorageOptions) -> PrepareResult:
     report_url = fs.join_url(out, REPORT_NAME)
     report = json.loads(fs.read_bytes(report_url, opts)) if fs.exists(report_url, opts) else {}
-    return PrepareResult(manifest, report, 0, 0, already_done=True)
+    note = (
+        ""
+        if manifest.fingerprints
+        else "an older ltray prepared it without fingerprinting image contents: pass "
+        "--overwrite to re-read images changed since"
+    )
+    return PrepareResult(manifest, report, 0, 0, already_done=True, note=note)
 
 
 def _split_finished(
@@ -366,13 +406,17 @@ def prepare(
         raise LtrayError(f"--max-bad-fraction must be in [0, 1], got {options.max_bad_fraction}")
     seed = int(plan.profile.get("seed", 0))
     plan = replace(plan, splits={s: write_order(i, s, seed) for s, i in plan.splits.items()})
-    fp = fingerprint(plan, options.layout, options.validate)
-    existing = check_out(out, fp, list(plan.splits), options.overwrite, opts)
+    check_out_location(out, plan.roots, opts)
+    parts = plan_fingerprints(plan, options.layout, options.validate)
+    legacy = legacy_fingerprint(
+        plan.kind, plan.params, plan.classes, plan.splits, options.layout, options.validate
+    )
+    existing = check_out(out, parts, list(plan.splits), options.overwrite, opts, legacy)
     if existing is not None:
         return _already_done(existing, out, opts)
-    write_plan_marker(out, fp, opts)
+    write_plan_marker(out, parts, opts)
     sizes = {split: estimate_sizes(items, opts) for split, items in plan.splits.items()}
-    tasks = shard_tasks(plan, out, options, fp, sizes)
+    tasks = shard_tasks(plan, out, options, parts, sizes)
     results, todo = _split_finished(tasks, progress)
     total_items = sum(len(t.items) for t in tasks)
     tally = _BadTally(total_items, options.max_bad_fraction)
@@ -394,7 +438,10 @@ def prepare(
         )
         error.report = report  # the CLI lists the bad images
         raise error
-    manifest = _build_manifest(plan, results, fp)
+    manifest = _build_manifest(plan, results, parts)
+    paths = [r.info.path for r in results]
+    move_into_place(out, paths, opts)
+    remove_stray_shards(out, list(plan.splits), paths, opts)
     write_manifest(manifest, out, opts)  # last: from now on OUT is a data set
     fs.remove(fs.join_url(out, PROGRESS_DIR), opts, recursive=True)
     manifest.url = out

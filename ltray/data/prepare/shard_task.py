@@ -1,6 +1,8 @@
-"""One prepare task = one shard: read its items, validate every image, write the shard, then
-a marker ``OUT/_prepare/<split>-part-NNNNN.json`` (rows, bytes, sha256, class counts, bad
-items). Runs in a worker process; the marker is what lets an interrupted prepare resume.
+"""One prepare task = one shard: read its items, validate every image, write the shard to the
+work folder ``OUT/_prepare/<split>/part-NNNNN.parquet``, then a marker
+``OUT/_prepare/<split>-part-NNNNN.json`` (the shard's fingerprint, rows, bytes, sha256, class
+counts, bad items). Runs in a worker process; the marker is what lets an interrupted prepare
+resume, keeping exactly the shards whose images did not change.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class ShardTask:
     num_classes: int
     layout: ShardLayout
     validate: str
-    fingerprint: str
+    fingerprint: str  # of this shard: recipe, items and their content stamps
     storage_options: dict[str, Any]
     nbytes: int = 0  # estimated image bytes
 
@@ -94,7 +96,7 @@ def run_shard_task(task: ShardTask, report: Callable[[int], None] | None = None)
     report(pending)
     blob, groups = encode_shard(images, labels, ids, task.layout)
     info = ShardInfo(task.path, len(images), len(blob), sha256_hex(blob), tuple(groups))
-    fs.write_bytes(fs.join_url(task.out, task.path), blob, task.storage_options)
+    fs.write_bytes(fs.join_url(task.out, PROGRESS_DIR, task.path), blob, task.storage_options)
     result = ShardResult(task.split, task.index, info, counts, bad)
     marker = {
         "fingerprint": task.fingerprint,
@@ -111,7 +113,8 @@ def run_shard_task(task: ShardTask, report: Callable[[int], None] | None = None)
 
 
 def finished_shard(task: ShardTask) -> ShardResult | None:
-    """The result of a shard an earlier run finished, if its marker and file still agree."""
+    """The result of a shard an earlier run finished, if its marker matches this shard and the
+    file (in the work folder, or already moved into place) still agrees with the marker."""
     opts = task.storage_options
     marker_at = marker_url(task.out, task.split, task.index)
     if not fs.exists(marker_at, opts):
@@ -121,7 +124,9 @@ def finished_shard(task: ShardTask) -> ShardResult | None:
         info = ShardInfo.from_json(marker["shard"])
         if marker["fingerprint"] != task.fingerprint or info.path != task.path:
             return None
-        shard_url = fs.join_url(task.out, task.path)
+        shard_url = fs.join_url(task.out, PROGRESS_DIR, task.path)
+        if not fs.exists(shard_url, opts):
+            shard_url = fs.join_url(task.out, task.path)
         if not fs.exists(shard_url, opts) or fs.file_size(shard_url, opts) != info.bytes:
             return None
         if fs.sha256_of(shard_url, opts) != info.sha256:

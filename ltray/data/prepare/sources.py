@@ -16,9 +16,10 @@ import numpy as np
 
 from ltray import fs
 from ltray.data.prepare.class_trees import ClassTree, list_tree, split_classes
+from ltray.data.prepare.fingerprint import content_stamp
 from ltray.data.prepare.image_refs import ArrayRef, Item, load_pickle
 from ltray.data.prepare.synthetic import FORMATS, SyntheticRef
-from ltray.data.profiles import long_tail_counts
+from ltray.data.profiles import check_imbalance, long_tail_counts, smallest_imbalance
 from ltray.errors import LtrayError
 from ltray.fs import StorageOptions
 from ltray.secrets import redact_url
@@ -36,6 +37,7 @@ class SourcePlan:
     profile: dict[str, Any]  # name, imbalance, n_max, seed (the request; counts come later)
     params: dict[str, Any] = field(default_factory=dict)  # defines the data set; no secrets
     origin: dict[str, Any] = field(default_factory=dict)  # where it was read (redacted URLs)
+    roots: list[str] = field(default_factory=list)  # folders listed as trees (OUT must not be in)
 
 
 def flatten(per_class: list[list[Item]]) -> list[Item]:
@@ -44,17 +46,58 @@ def flatten(per_class: list[list[Item]]) -> list[Item]:
 
 
 def select_long_tail(
-    per_class: list[list[Item]], profile: str, imbalance: float, n_max: int | None = None
+    per_class: list[list[Item]],
+    profile: str,
+    imbalance: float,
+    n_max: int | None = None,
+    classes: list[str] | None = None,
 ) -> tuple[list[list[Item]], dict[str, Any]]:
     """Keep the first n_c items of class c (in file-name order) under the named profile.
 
-    n_max defaults to the largest class; a class with fewer than n_c items keeps what it has.
+    n_max defaults to the largest class. A class with fewer than n_c items cannot give the
+    requested profile: that is refused, saying which --imbalance this source can meet.
     """
+    check_imbalance(imbalance)
     available = [len(items) for items in per_class]
     n_max = n_max or max(available)
     targets = long_tail_counts(profile, n_max, len(per_class), imbalance)
-    kept = [items[: min(n, len(items))] for items, n in zip(per_class, targets, strict=True)]
+    short = [c for c, (n, have) in enumerate(zip(targets, available, strict=True)) if n > have]
+    if short:
+        raise LtrayError(_unmet(profile, imbalance, n_max, targets, available, short[0], classes))
+    kept = [items[:n] for items, n in zip(per_class, targets, strict=True)]
     return kept, {"name": profile, "imbalance": float(imbalance), "n_max": int(n_max)}
+
+
+def _unmet(
+    profile: str,
+    imbalance: float,
+    n_max: int,
+    targets: list[int],
+    available: list[int],
+    label: int,
+    classes: list[str] | None,
+) -> str:
+    """One line: which class falls short of the profile, and what this source allows."""
+    name = repr(classes[label]) if classes else str(label)
+    line = (
+        f"--imbalance {imbalance:g} ({profile} profile, n_max {n_max}) needs "
+        f"{targets[label]} train images in class {name} (label {label}), which has "
+        f"{available[label]}"
+    )
+    source_if = max(available) / min(available)
+    if source_if > imbalance:
+        line += f"; the train split is already more imbalanced than that (IF {source_if:.3g})"
+    best = smallest_imbalance(profile, n_max, available)
+    if best is None:
+        return line + (
+            f"; no --imbalance fits: the profile gives the most images to the first labels, "
+            f"and class {name} is too small for that"
+        )
+    whole = long_tail_counts(profile, n_max, len(available), best)
+    return line + (
+        f"; the smallest --imbalance this source meets is {best:g} "
+        f"({max(whole)} / {min(whole)} = {max(whole) / min(whole):.3g} in whole images)"
+    )
 
 
 def carve_val(
@@ -90,7 +133,9 @@ def _tree_plan(
             raise LtrayError("--val-fraction: the source already has a val/ split")
         splits["train"], splits["val"] = carve_val(splits["train"], val_fraction, seed)
     if imbalance is not None:
-        splits["train"], prof = select_long_tail(splits["train"], profile, imbalance, n_max)
+        splits["train"], prof = select_long_tail(
+            splits["train"], profile, imbalance, n_max, tree.classes
+        )
     else:
         prof = {"name": "none", "imbalance": None, "n_max": max(map(len, splits["train"]))}
     prof["seed"] = seed
@@ -118,6 +163,7 @@ def imagefolder(
     tree = split_classes(list_tree(src, scratch, storage_options), src)
     plan = _tree_plan("imagefolder", tree, imbalance, profile, seed, None, val_fraction)
     plan.origin = {"src": redact_url(src)}
+    plan.roots = [src]
     return plan
 
 
@@ -145,6 +191,9 @@ def _cifar_pickle_split(
     per_class: list[list[Item]] = [[] for _ in range(n)]
     for name in files:
         path = fs.join_url(folder, name)
+        filesystem, inner = fs.get_fs(path, storage_options)
+        with fs.fs_errors(path, storage_options):
+            stamp = content_stamp(filesystem.info(inner))
         try:
             labels = load_pickle(path, storage_options)[label_key]
         except (KeyError, EOFError, ValueError, TypeError) as exc:
@@ -155,7 +204,7 @@ def _cifar_pickle_split(
                     f"{redact_url(path)}: image {i} has label {label}, not in [0, {n})"
                 )
             per_class[int(label)].append(
-                Item(f"{name}/{i:05d}", int(label), ArrayRef(path, i), 2500)
+                Item(f"{name}/{i:05d}", int(label), ArrayRef(path, i), 2500, stamp)
             )
     return per_class
 
@@ -186,12 +235,18 @@ def cifar_lt(
     dataset: str = "cifar10",
     profile: str = "exp",
     seed: int = 0,
+    n_max: int | None = None,
     storage_options: StorageOptions = None,
 ) -> SourcePlan:
-    """CIFAR-10/100-LT from the image-folder archive, an extracted folder, or the pickles."""
+    """CIFAR-10/100-LT from the image-folder archive, an extracted folder, or the pickles.
+
+    n_max is the protocol's (5000 / 500, every class of the real set); a smaller one serves a
+    subset of CIFAR."""
     if dataset not in CIFAR:
         raise LtrayError(f"--dataset must be one of {', '.join(CIFAR)}, got {dataset!r}")
-    num_classes, n_max = CIFAR[dataset]
+    check_imbalance(imbalance)
+    num_classes, full = CIFAR[dataset]
+    n_max = n_max or full
     if not fs.exists(src, storage_options):
         raise LtrayError(f"{redact_url(src)}: not found")
     found = (
@@ -214,7 +269,10 @@ def cifar_lt(
         raise LtrayError(f"{redact_url(src)}: no test split (expected train/ and test/)")
     plan = _tree_plan("cifar-lt", tree, imbalance, profile, seed, n_max)
     plan.params["dataset"] = dataset
+    if n_max != full:
+        plan.params["n_max"] = n_max
     plan.origin = {"src": redact_url(src)}
+    plan.roots = [src] if found is None else []
     return plan
 
 
