@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from ltray.config import JobConfig, flatten
 from ltray.secrets import redact
-from ltray.train.provenance import git_commit
+from ltray.train.provenance import ltray_commit, ltray_version
 from ltray.train.session import Session
 
 
@@ -45,7 +45,8 @@ def run_tags(job: JobConfig, nodes: str) -> dict[str, str]:
         "ltray.dataset": job.data.url.split("?")[0],
         "ltray.method": job.loss.name,
         "ltray.arch": job.model.arch,
-        "mlflow.source.git.commit": git_commit() or "unknown",
+        "mlflow.source.git.commit": ltray_commit(),
+        "ltray.version": ltray_version(),
     }
 
 
