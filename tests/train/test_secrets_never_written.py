@@ -194,8 +194,11 @@ def test_no_secret_is_written_anywhere(
         scaling={"num_workers": 2},
         schedule={"epochs": 1, "max_steps_per_epoch": 2},
     )
-    job_file = tmp_path / "job.yaml"
+    job_file = tmp_path / "job" / "job.yaml"  # the user's own file: the one place they belong
+    job_file.parent.mkdir()
     job_file.write_text(yaml.safe_dump(job.model_dump(mode="json")))
+    workdir = tmp_path / "work"
+    workdir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
     # Ray's own records of the run (the train run state, with its train_loop_config) are
     # written to the session's log folder too, so they are searched with the rest
@@ -205,7 +208,7 @@ def test_no_secret_is_written_anywhere(
         env=env,
         capture_output=True,
         timeout=600,
-        cwd=tmp_path,
+        cwd=workdir,
     )
     output = done.stdout + b"\n" + done.stderr
     assert done.returncode == 0, output.decode(errors="replace")[-4000:]
@@ -228,7 +231,7 @@ def test_no_secret_is_written_anywhere(
     assert b"secret-job" in output
 
     found = search_tree(server_folder) | search_tree(checkpoints) | search_tree(ray_temp_dir)
-    found |= search_tree(tmp_path)  # the job's folder: nothing of the run should land here
+    found |= search_tree(workdir)  # where the user typed the command
     if leaks(output):
         found["ltray train stdout+stderr"] = leaks(output)
     record = "\n".join(map(str, (run.info, run.data.params, run.data.tags))).encode()
