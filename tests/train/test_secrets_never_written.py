@@ -200,9 +200,13 @@ def test_no_secret_is_written_anywhere(
     workdir = tmp_path / "work"
     workdir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
-    # Ray's own records of the run (the train run state, with its train_loop_config) are
-    # written to the session's log folder too, so they are searched with the rest
-    env.update(RAY_TMPDIR=str(ray_temp_dir), RAY_enable_export_api_write="1")
+    # Ray Train's record of the run (the state its dashboard shows, train_loop_config and
+    # all) is exported to the session's log folder too, and so searched with the rest
+    env.update(
+        RAY_TMPDIR=str(ray_temp_dir),
+        RAY_TRAIN_ENABLE_STATE_TRACKING="1",
+        RAY_enable_export_api_write="1",
+    )
     done = subprocess.run(
         [ltray_executable(), "train", str(job_file)],
         env=env,
@@ -227,7 +231,8 @@ def test_no_secret_is_written_anywhere(
     s3.get(f"{BUCKET}/runs", str(checkpoints), recursive=True)
     assert any(checkpoints.rglob(CHECKPOINT_FILE)), "no checkpoint to search"
     logs = list((ray_temp_dir / "ray").glob("session_*/logs"))
-    assert logs and any(logs[0].rglob("export_events/*")), "no Ray logs to search"
+    (train_runs,) = logs[0].rglob("export_events/event_EXPORT_TRAIN_STATE.log")
+    assert b"secret-job" in train_runs.read_bytes(), "Ray's record of the run is not searched"
     assert b"secret-job" in output
 
     found = search_tree(server_folder) | search_tree(checkpoints) | search_tree(ray_temp_dir)
