@@ -2,7 +2,12 @@
 and the split that keeps a job's secrets out of what Ray records."""
 
 import pytest
+import typer
 
+from ltray.cli.console import exit_on_error
+from ltray.config import apply_overrides, load_job, validate_job
+from ltray.errors import LtrayError
+from ltray.fs import credentials_from_url
 from ltray.secrets import (
     MASK,
     is_secret_key,
@@ -141,3 +146,70 @@ def test_split_secrets_masks_and_join_restores():
     assert public["data"]["image_size"] == 32 and public["tracking"]["experiment"] == "e"
     assert public == redact(job)
     assert join_secrets(public, secrets) == job
+
+
+# --- where ltray uses the rules ------------------------------------------------------------
+
+
+def _job(**data):
+    return {"name": "j", "data": {"url": "s3://bucket/ds", **data}}
+
+
+def test_new_credentials_for_the_same_data_set_keep_the_run_name():
+    first = validate_job(_job(url="s3://AK1:old-secret@bucket/ds")).run_name()
+    rotated = validate_job(_job(url="s3://AK2:new-secret@bucket/ds")).run_name()
+    assert first == rotated == validate_job(_job()).run_name()
+
+
+def test_a_bad_value_under_a_secret_key_is_not_echoed():
+    with pytest.raises(LtrayError) as info:
+        validate_job(_job(storage_options="key=AKIA,secret=hunter22"))
+    assert "data.storage_options" in str(info.value) and "hunter22" not in str(info.value)
+
+
+def test_a_bad_url_value_is_echoed_without_its_password():
+    with pytest.raises(LtrayError) as info:
+        validate_job({**_job(), "tracking": {"uri": ["http://u:hunter22@h"]}})
+    assert "tracking.uri" in str(info.value) and "hunter22" not in str(info.value)
+
+
+def test_credentials_in_the_artifact_location_are_refused():
+    with pytest.raises(LtrayError, match="tracking.artifact_location: holds credentials"):
+        validate_job({**_job(), "tracking": {"artifact_location": "s3://AK:hunter22@b/a"}})
+
+
+def load_job_from(raw, overrides):
+    return validate_job(apply_overrides(raw, overrides))
+
+
+def test_set_with_bad_yaml_does_not_echo_a_secret_value():
+    with pytest.raises(LtrayError) as info:
+        load_job_from({}, ["data.storage_options.secret=[hunter22"])
+    assert "hunter22" not in str(info.value) and "data.storage_options.secret" in str(info.value)
+
+
+def test_bad_yaml_is_named_by_line_without_quoting_it(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: j\ndata:\n  storage_options: {secret: hunter22\n")
+    with pytest.raises(LtrayError, match=r"not valid YAML at line \d") as info:
+        load_job(path)
+    assert "hunter22" not in str(info.value)
+
+
+def test_cli_error_line_is_scrubbed_with_the_jobs_secrets(capsys):
+    job = {"data": {"storage_options": {"token": "opt-token-123"}}, "tracking": {"uri": "x"}}
+    with pytest.raises(typer.Exit), exit_on_error(job):
+        raise LtrayError("upload refused for token opt-token-123")
+    assert capsys.readouterr().err == f"error: upload refused for token {MASK}\n"
+
+
+def test_s3_userinfo_becomes_key_and_secret_and_explicit_options_win():
+    url, options = credentials_from_url("s3://AKIA:se/cr%2Bet@bucket/ds", {"region": "r"})
+    assert url == "s3://bucket/ds" and options == {
+        "region": "r",
+        "key": "AKIA",
+        "secret": "se/cr+et",
+    }
+    _, options = credentials_from_url("s3://AKIA:url@bucket/ds", {"secret": "opt"})
+    assert options == {"key": "AKIA", "secret": "opt"}
+    assert credentials_from_url("https://u:p@h/ds", None) == ("https://u:p@h/ds", {})

@@ -98,3 +98,18 @@ def test_truncated_shard_on_s3_is_named(s3_options, make_synthetic_plan):
     ds = StreamingImageDataset(out, "train", batch_size=8, storage_options=s3_options)
     with pytest.raises(LtrayError, match=r"shard train/part-00000.parquet: .*\(truncated"):
         list(make_loader(ds, num_workers=2))
+
+
+def test_credentials_in_the_url_work_and_stay_out_of_errors(s3_options, make_synthetic_plan):
+    """``s3://KEY:SECRET@bucket/...``, the endpoint alone in storage options."""
+    from ltray.data.prepare.orchestrator import PrepareOptions, prepare
+
+    endpoint = {"client_kwargs": s3_options["client_kwargs"]}
+    secret = "url-secret/with+slash"
+    out = f"s3://URLKEYAKIA:{secret}@{BUCKET}/datasets/from-url"
+    prepare(make_synthetic_plan(), out, PrepareOptions(storage_options=endpoint, workers=1))
+    assert read_manifest(out, endpoint).num_rows("train") > 0
+    assert secret not in fs.read_bytes(f"{out}/manifest.json", endpoint).decode()
+    with pytest.raises(LtrayError) as info:
+        read_manifest(out.replace("from-url", "missing"), endpoint)
+    assert secret not in str(info.value) and "URLKEYAKIA" not in str(info.value)
