@@ -1,6 +1,7 @@
 """fsspec URL helpers: one way to open, list and write a path or URL (file://, s3://, memory://).
 
-Credentials travel in ``storage_options`` only. Every message built here passes through
+Credentials travel in ``storage_options`` (an ``s3://KEY:SECRET@`` URL's userinfo becomes
+two of them, see :func:`credentials_from_url`). Every message built here passes through
 :func:`scrub`, which removes secret values and ``user:password@`` parts of URLs, so an error
 never prints a key.
 """
