@@ -173,7 +173,9 @@ def test_no_secret_is_written_anywhere(
         s3.mkdir(BUCKET)
     s3.put(tiny_data, f"{BUCKET}/data/tiny", recursive=True)
     endpoint = {"client_kwargs": s3_options["client_kwargs"]}
-    # moto accepts any credentials, so each secret here is one the run really uses
+    # moto accepts any credentials: the data set is read with its URL's key and secret (and
+    # the option's session token), checkpoints with the storage options, which win over the
+    # storage URL's
     job = make_job(
         f"s3://{DATA_URL_KEY}:{DATA_URL_SECRET}@{BUCKET}/data/tiny",
         tmp_path,
@@ -197,6 +199,7 @@ def test_no_secret_is_written_anywhere(
     job_file = tmp_path / "job" / "job.yaml"  # the user's own file: the one place they belong
     job_file.parent.mkdir()
     job_file.write_text(yaml.safe_dump(job.model_dump(mode="json")))
+    assert leaks(job_file.read_bytes()) == SECRETS, "the search must find each as written"
     workdir = tmp_path / "work"
     workdir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
