@@ -24,6 +24,8 @@ SECRET_WORDS = (
     "credential",
     "auth",
     "signature",
+    "connection_string",  # Azure's, which holds the account key
+    "cookie",
 )
 # query parameters whose names are too short to match as words: Azure SAS, generic ones
 SECRET_PARAMS = ("sig", "pwd", "pass", "code")
@@ -154,19 +156,19 @@ def redact(value: Any) -> Any:
     return value
 
 
-Path = list[Any]
+KeyPath = list[Any]  # keys and list indices from the root to a value
 
 
-def split_secrets(value: Any) -> tuple[Any, list[tuple[Path, Any]]]:
+def split_secrets(value: Any) -> tuple[Any, list[tuple[KeyPath, Any]]]:
     """(public, secrets): ``value`` with each secret masked as :func:`redact` does, and the
     (path, original value) of every place masked, so :func:`join_secrets` can restore them.
 
     The public part can travel where anything may be logged or persisted (Ray's
     ``train_loop_config``); the secrets go through a channel that is neither.
     """
-    secrets: list[tuple[Path, Any]] = []
+    secrets: list[tuple[KeyPath, Any]] = []
 
-    def walk(node: Any, path: Path) -> Any:
+    def walk(node: Any, path: KeyPath) -> Any:
         if isinstance(node, dict):
             out = {}
             for key, child in node.items():
@@ -186,7 +188,7 @@ def split_secrets(value: Any) -> tuple[Any, list[tuple[Path, Any]]]:
     return walk(value, []), secrets
 
 
-def join_secrets(public: Any, secrets: list[tuple[Path, Any]]) -> Any:
+def join_secrets(public: Any, secrets: list[tuple[KeyPath, Any]]) -> Any:
     """The value :func:`split_secrets` split: ``public`` with each secret put back."""
     out = copy.deepcopy(public)
     for path, original in secrets:

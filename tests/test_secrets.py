@@ -29,7 +29,17 @@ OPTS = {
 
 
 @pytest.mark.parametrize(
-    "key", ["key", "secret", "aws_secret_access_key", "api_token", "password", "Authorization"]
+    "key",
+    [
+        "key",
+        "secret",
+        "aws_secret_access_key",
+        "api_token",
+        "password",
+        "Authorization",
+        "sas_token",
+        "connection_string",
+    ],
 )
 def test_secret_looking_keys(key):
     assert is_secret_key(key)
