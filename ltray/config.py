@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ltray.errors import LtrayError
+from ltray.secrets import MASK, is_secret_key, public_url, redact_url
 
 LOSS_NAMES = (
     "ce",
@@ -254,6 +255,16 @@ class TrackingConfig(Section):
     )
     log_model: bool = Field(True, description="log the final model to the run")
 
+    @field_validator("artifact_location")
+    @classmethod
+    def _no_credentials(cls, location: str | None) -> str | None:
+        if location is not None and redact_url(location) != location:
+            raise ValueError(
+                "holds credentials, which MLflow would store with the experiment; give the "
+                "artifact store its credentials through the environment"
+            )
+        return location
+
     @property
     def enabled(self) -> bool:
         return self.uri.lower() != "none"
@@ -289,6 +300,8 @@ class JobConfig(Section):
             mode="json", exclude={"scaling": True, "storage": True, "tracking": True}
         )
         shaping["data"].pop("storage_options", None)
+        # new credentials for the same data set: the same run
+        shaping["data"]["url"] = public_url(self.data.url)
         shaping["data"].pop("loader_workers", None)
         shaping["scaling"] = {
             "num_workers": self.scaling.num_workers,
@@ -316,6 +329,14 @@ def _nearest_key(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _shown_input(loc: tuple[Any, ...], value: Any) -> str:
+    """The offending value as the error shows it: masked under a secret key, URL credentials
+    masked anywhere."""
+    if any(is_secret_key(part) for part in loc if isinstance(part, str)):
+        return MASK
+    return redact_url(repr(value))
+
+
 def _describe(error: ValidationError, source: str) -> str:
     lines = []
     for err in error.errors():
@@ -327,7 +348,7 @@ def _describe(error: ValidationError, source: str) -> str:
             lines.append(f"{source}: {where}: required key is missing")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {where}: {msg} (got {err.get('input')!r})")
+            lines.append(f"{source}: {where}: {msg} (got {_shown_input(loc, err.get('input'))})")
     return "; ".join(lines)
 
 
@@ -338,8 +359,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise LtrayError(f"--set {text!r}: expected KEY=VALUE, e.g. loss.margin=0.3")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise LtrayError(f"--set {text!r}: value is not valid YAML: {exc}") from None
+    except yaml.YAMLError:
+        shown = f"{key}={MASK}" if any(map(is_secret_key, key.split("."))) else redact_url(text)
+        raise LtrayError(f"--set {shown!r}: value is not valid YAML") from None
     return key.strip().split("."), value
 
 
@@ -380,7 +402,11 @@ def read_job_yaml(path: str | Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise LtrayError(f"{path}: not valid YAML: {exc}") from None
+        # the problem and its line, not the snippet YAML quotes: it may hold a secret
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "cannot parse"
+        raise LtrayError(f"{path}: not valid YAML{where}: {problem}") from None
     return raw if raw is not None else {}
 
 

@@ -1,6 +1,7 @@
 """fsspec URL helpers: one way to open, list and write a path or URL (file://, s3://, memory://).
 
-Credentials travel in ``storage_options`` only. Every message built here passes through
+Credentials travel in ``storage_options`` (an ``s3://KEY:SECRET@`` URL's userinfo becomes
+two of them, see :func:`credentials_from_url`). Every message built here passes through
 :func:`scrub`, which removes secret values and ``user:password@`` parts of URLs, so an error
 never prints a key.
 """
@@ -19,7 +20,7 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from ltray.errors import LtrayError
-from ltray.secrets import redact_url, scrub
+from ltray.secrets import redact_url, scrub, strip_userinfo, url_credentials
 
 StorageOptions = Mapping[str, Any] | None
 
@@ -34,16 +35,36 @@ def join_url(base: str, *parts: str) -> str:
     return out
 
 
+_USERINFO_AS_OPTIONS = {"s3": ("key", "secret"), "s3a": ("key", "secret")}
+
+
+def credentials_from_url(url: str, storage_options: StorageOptions) -> tuple[str, dict[str, Any]]:
+    """``s3://KEY:SECRET@bucket/path`` -> (``s3://bucket/path``, options with key and secret):
+    s3fs takes credentials only as options and would read the userinfo as part of the bucket.
+    Options given explicitly win over the URL's. Other schemes keep their userinfo (ftp, sftp
+    and http read it themselves)."""
+    options = dict(storage_options or {})
+    names = _USERINFO_AS_OPTIONS.get(str(url).partition("://")[0].lower())
+    user, password = url_credentials(url)
+    if names is None or (user is None and password is None):
+        return str(url), options
+    for name, value in zip(names, (user, password), strict=True):
+        if value is not None:
+            options.setdefault(name, value)
+    return strip_userinfo(url), options
+
+
 def get_fs(url: str, storage_options: StorageOptions = None) -> tuple[AbstractFileSystem, str]:
     """The fsspec filesystem and in-filesystem path for ``url``."""
+    url, options = credentials_from_url(url, storage_options)
     try:
-        return fsspec.core.url_to_fs(str(url), **dict(storage_options or {}))
+        return fsspec.core.url_to_fs(str(url), **options)
     except ImportError as exc:
         raise LtrayError(
             f"{redact_url(url)}: this URL scheme needs an extra package ({exc.name or exc})"
         ) from None
     except (ValueError, TypeError) as exc:  # unknown protocol, bad storage options
-        raise LtrayError(f"{redact_url(url)}: {scrub(str(exc), storage_options)}") from None
+        raise LtrayError(f"{redact_url(url)}: {scrub(str(exc), options)}") from None
 
 
 def is_local(fs: AbstractFileSystem) -> bool:

@@ -9,6 +9,7 @@ already has (a crash after the log, before Ray registered the checkpoint) is not
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ltray.errors import LtrayError
+from ltray.secrets import public_url, redact_url, scrub, url_credentials
 
 RUN_NAME_TAG = "ltray.run_name"
 EPOCH_METRIC = "epoch"
@@ -52,20 +54,42 @@ def create_sqlite_folder(uri: str) -> None:
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail before training starts, naming the URI, if the tracking store cannot be used."""
+    """Fail before training starts, naming the URI, if the tracking store cannot be used.
+    A server URI's ``user:password@`` is sent as basic auth, as MLflow's client sends it."""
+    shown = redact_url(uri)
     if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
+        request = urllib.request.Request(public_url(uri).rstrip("/") + "/health")
+        user, password = url_credentials(uri)
+        if user is not None or password is not None:
+            token = base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 if response.status != 200:
-                    raise LtrayError(f"MLflow server {uri} answered {response.status} on /health")
+                    raise LtrayError(f"MLflow server {shown} answered {response.status} on /health")
+        except urllib.error.HTTPError as exc:
+            raise LtrayError(f"MLflow server {shown} answered {exc.code} on /health") from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise LtrayError(f"MLflow server {uri} cannot be reached: {reason}") from None
+            reason = scrub(str(getattr(exc, "reason", exc)), [password or ""])
+            raise LtrayError(f"MLflow server {shown} cannot be reached: {reason}") from None
     elif uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///") :]).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise LtrayError(f"MLflow store {uri}: folder {folder} is missing or not writable")
+            raise LtrayError(f"MLflow store {shown}: folder {folder} is missing or not writable")
+
+
+def use_url_credentials(uri: str) -> str:
+    """The URI to give MLflow: a server URI's ``user:password@`` becomes
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD of this process, which MLflow sends as
+    basic auth. Left in the URI, MLflow would print it in every "View run at" line."""
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    user, password = url_credentials(uri)
+    if user is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+    if password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    return public_url(uri)
 
 
 def metric_key(name: str) -> str:
@@ -100,13 +124,13 @@ class MlflowTracker:
         import mlflow
 
         self.mlflow = mlflow
-        self.uri = uri
+        self.uri = use_url_credentials(uri)
         self.experiment = experiment
         self.artifact_location = artifact_location or default_artifact_location(uri)
         self.run_id: str | None = None
         self._logged: set[int] = set()
-        mlflow.set_tracking_uri(uri)
-        self.client = mlflow.MlflowClient(uri)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = mlflow.MlflowClient(self.uri)
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)

@@ -1,10 +1,22 @@
 """MLflow tracking against a real SQLite store: resume finds the run, epochs are logged once."""
 
+import base64
+import http.server
+import os
+import threading
+from urllib.parse import quote
+
 import pytest
 from processes import free_port
 
 from ltray.errors import LtrayError
-from ltray.tracking import MlflowTracker, check_reachable, metric_key, resolve_tracking_uri
+from ltray.tracking import (
+    MlflowTracker,
+    check_reachable,
+    metric_key,
+    resolve_tracking_uri,
+    use_url_credentials,
+)
 
 
 def test_relative_sqlite_uri_becomes_absolute(tmp_path, monkeypatch):
@@ -65,3 +77,44 @@ def test_an_epoch_already_logged_is_not_logged_again(tmp_path):
     again.log_epoch(1, {"val/acc": 20.0})
     history = again.client.get_metric_history(again.run_id, "val/acc")
     assert sorted((m.step, m.value) for m in history) == [(0, 10.0), (1, 20.0)]
+
+
+class _HealthNeedsBasicAuth(http.server.BaseHTTPRequestHandler):
+    expected = "Basic " + base64.b64encode(b"alice:p@ss/w+rd").decode()
+
+    def do_GET(self):
+        ok = self.path == "/health" and self.headers.get("Authorization") == self.expected
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def health_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HealthNeedsBasicAuth)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_server_uri_credentials_are_sent_as_basic_auth(health_server):
+    check_reachable(f"http://alice:{quote('p@ss/w+rd', safe='')}@{health_server}", timeout_s=5)
+
+
+def test_wrong_server_credentials_are_named_without_the_password(health_server):
+    uri = f"http://alice:wrong-pw@{health_server}"
+    with pytest.raises(LtrayError) as info:
+        check_reachable(uri, timeout_s=5)
+    assert str(info.value) == f"MLflow server http://***@{health_server} answered 401 on /health"
+
+
+def test_mlflow_gets_the_uri_without_credentials_and_them_through_its_env(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    assert use_url_credentials("http://alice:p%40ss@h:5000/m") == "http://h:5000/m"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
+    assert use_url_credentials("sqlite:////x/mlflow.db") == "sqlite:////x/mlflow.db"

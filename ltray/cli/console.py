@@ -13,15 +13,16 @@ from ltray.secrets import scrub
 
 
 @contextlib.contextmanager
-def exit_on_error(storage_options: Mapping[str, Any] | None = None) -> Iterator[None]:
+def exit_on_error(secrets_in: Mapping[str, Any] | None = None) -> Iterator[None]:
     """Turn an LtrayError into ``error: <one line>`` on stderr and exit code 1.
 
-    Secrets in ``storage_options`` are scrubbed from the message; Ctrl-C exits 130.
+    URL credentials, and the secrets in ``secrets_in`` (storage options, or a whole job dump),
+    are scrubbed from the message; Ctrl-C exits 130.
     """
     try:
         yield
     except LtrayError as exc:
-        line = " ".join(scrub(str(exc), storage_options).split()) or "failed"
+        line = " ".join(scrub(str(exc), secrets_in).split()) or "failed"
         typer.echo(f"error: {line}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from ltray.config import JobConfig, load_job
 from ltray.data import read_manifest
 from ltray.data.prepare import prepare, sources
 from ltray.errors import LtrayError
+from ltray.secrets import redact_url
 from ltray.train.launcher import run_job
 
 
@@ -53,7 +54,7 @@ def _has_data_set(url: str) -> bool:
 def run_demo(job_file: Path | None = None, *, local: bool = False) -> None:
     job = load_demo_job(job_file)
     if not _has_data_set(job.data.url):
-        print(f"[ltray] preparing a generated long-tailed data set at {job.data.url}")
+        print(f"[ltray] preparing a generated long-tailed data set at {redact_url(job.data.url)}")
         result = prepare(sources.synthetic(image_size=job.data.image_size), job.data.url)
         counts = result.manifest.class_counts("train")
         groups = result.manifest.groups()
@@ -65,4 +66,4 @@ def run_demo(job_file: Path | None = None, *, local: bool = False) -> None:
     print(f"[ltray] run {result.run_name}: {accuracy}")
     if job.tracking.enabled:
         print("[ltray] look at it in the MLflow UI:")
-        print(f"    mlflow ui --backend-store-uri {job.tracking.uri}")
+        print(f"    mlflow ui --backend-store-uri {redact_url(job.tracking.uri)}")

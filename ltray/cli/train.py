@@ -29,6 +29,7 @@ def train(
 
     with exit_on_error():
         job = load_job(job_file, overrides or [])
+    with exit_on_error(job.model_dump()):  # errors from here on can quote the job's secrets
         result = run_job(job, local=local, fresh=fresh)
     print_final(result.run_name, result.metrics)
 

@@ -15,6 +15,7 @@ from ltray.config import JobConfig
 from ltray.data import read_manifest
 from ltray.errors import LtrayError
 from ltray.losses import head_for
+from ltray.secrets import scrub, split_secrets
 from ltray.tracking import check_reachable, create_sqlite_folder, resolve_tracking_uri
 from ltray.train.storage import Storage
 from ltray.train.trainer import FAILURE_FILE, train_loop_per_worker
@@ -69,8 +70,10 @@ def run_job(job: JobConfig, *, local: bool = False, fresh: bool = False) -> RunR
     storage = Storage(job.storage.url, job.storage.storage_options)
     if fresh and storage.exists(run_name):
         storage.remove(run_name)
+    public, secrets = split_secrets(job.model_dump(mode="json"))
     config: dict[str, Any] = {
-        "job": job.model_dump(mode="json"),
+        "job": public,
+        "secrets": secrets,
         "run_name": run_name,
         "local": local,
         "fresh": fresh,
@@ -104,10 +107,14 @@ def _use_gpu(job: JobConfig) -> bool:
 
 
 def _run_on_ray(job: JobConfig, config: dict[str, Any], storage: Storage) -> dict[str, float]:
+    import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     _ray_init()
+    # the secrets reach the workers through the object store: Ray records train_loop_config
+    # in its run state (and, with the export API on, in the session's log folder)
+    config = {**config, "secrets": ray.put(config["secrets"])}
     use_gpu = _use_gpu(job)
     scaling = job.scaling
     storage_path, filesystem = storage.pyarrow_filesystem()
@@ -135,9 +142,10 @@ def _run_on_ray(job: JobConfig, config: dict[str, Any], storage: Storage) -> dic
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        raise LtrayError(f"training run {config['run_name']} failed: {_root_cause(exc)}") from None
+        cause = scrub(_root_cause(exc), job.model_dump())
+        raise LtrayError(f"training run {config['run_name']} failed: {cause}") from None
     if storage.exists(failure):
-        raise LtrayError(storage.read_bytes(failure).decode())
+        raise LtrayError(scrub(storage.read_bytes(failure).decode(), job.model_dump()))
     return dict(result.metrics or {})
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from ltray.config import JobConfig, flatten
-from ltray.secrets import redact
+from ltray.secrets import public_url, redact
 from ltray.train.provenance import ltray_commit, ltray_version
 from ltray.train.session import Session
 
@@ -42,7 +42,7 @@ def worker_nodes(session: Session, distributed: bool) -> str:
 def run_tags(job: JobConfig, nodes: str) -> dict[str, str]:
     return {
         "ltray.worker_nodes": nodes,
-        "ltray.dataset": job.data.url.split("?")[0],
+        "ltray.dataset": public_url(job.data.url).split("?")[0],
         "ltray.method": job.loss.name,
         "ltray.arch": job.model.arch,
         "mlflow.source.git.commit": ltray_commit(),

@@ -96,3 +96,13 @@ class RaySession:
                 save_state(state, f)
             checkpoint = self._train.Checkpoint.from_directory(folder)
             self._train.report(metrics, checkpoint=checkpoint)
+
+
+def fetch_secrets(secrets: Any) -> list[Any]:
+    """The job's secrets: given as they are with ``--local``; on Ray, a reference into Ray's
+    object store, which keeps them out of the ``train_loop_config`` that Ray logs and records."""
+    if secrets is None or isinstance(secrets, list):
+        return list(secrets or [])
+    import ray
+
+    return ray.get(secrets)

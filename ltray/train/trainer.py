@@ -27,6 +27,7 @@ from ltray.data.stream.transforms import build_transform
 from ltray.errors import LtrayError
 from ltray.losses import build_loss, head_for
 from ltray.models import build_model
+from ltray.secrets import join_secrets, redact_url
 from ltray.tracking import make_tracker
 from ltray.train.decoupled import balanced_subset, run_decoupled
 from ltray.train.device import Normalizer, Placement, wants_gpu
@@ -41,7 +42,7 @@ from ltray.train.run_info import (
     worker_nodes,
 )
 from ltray.train.schedule import lr_at, scaled_lr
-from ltray.train.session import LocalSession, RaySession, Session
+from ltray.train.session import LocalSession, RaySession, Session, fetch_secrets
 from ltray.train.storage import Storage
 
 FAILURE_FILE = "failure.txt"
@@ -87,15 +88,15 @@ class Trainer:
         self.num_classes = self.manifest.num_classes
         if job.model.num_classes is not None and job.model.num_classes != self.num_classes:
             raise LtrayError(
-                f"data set {data.url} has {self.num_classes} classes but model.num_classes is "
-                f"{job.model.num_classes}"
+                f"data set {redact_url(data.url)} has {self.num_classes} classes but "
+                f"model.num_classes is {job.model.num_classes}"
             )
         self.train_counts = self.manifest.class_counts(data.train_split)
         self.groups = shot_groups(self.train_counts, data.many_threshold, data.few_threshold)
         val = data.val_split or ("val" if self.manifest.has_split("val") else None)
         for split in (data.train_split, val or data.test_split, data.test_split):
             if not self.manifest.has_split(split):
-                raise LtrayError(f"data set {data.url} has no split {split!r}")
+                raise LtrayError(f"data set {redact_url(data.url)} has no split {split!r}")
         # per-epoch evaluation runs on the validation split, or on test where there is none;
         # selection (select_by, tau_norm's tau) never looks at test
         self.val_split = val
@@ -103,7 +104,7 @@ class Trainer:
         if job.schedule.select_by and val is None:
             raise LtrayError(
                 f"schedule.select_by={job.schedule.select_by!r} needs a validation split; "
-                f"data set {data.url} has none (selection never uses test)"
+                f"data set {redact_url(data.url)} has none (selection never uses test)"
             )
 
         torch.manual_seed(job.seed)
@@ -180,7 +181,7 @@ class Trainer:
         if state["num_classes"] != self.num_classes:
             raise LtrayError(
                 f"checkpoint of run {self.run_name} has {state['num_classes']} classes, "
-                f"data set {self.job.data.url} has {self.num_classes}"
+                f"data set {redact_url(self.job.data.url)} has {self.num_classes}"
             )
         self.history = list(state["history"])
         self.start_epoch = int(state["epoch"]) + 1
@@ -424,8 +425,11 @@ class Trainer:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point: ``TorchTrainer(train_loop_per_worker, train_loop_config=config)`` or
-    ``--local``. ``config``: {"job": JobConfig as JSON, "run_name": str, "local": bool}."""
-    job = JobConfig.model_validate(config["job"])
+    ``--local``. ``config``: {"job": JobConfig as JSON with its secrets masked, "secrets": what
+    :func:`ltray.secrets.split_secrets` took out (on Ray, a reference to them), "run_name": str,
+    "local": bool}."""
+    secrets = fetch_secrets(config.get("secrets"))
+    job = JobConfig.model_validate(join_secrets(config["job"], secrets))
     run_name = config["run_name"]
     storage = Storage(job.storage.url, job.storage.storage_options)
     if config.get("local"):

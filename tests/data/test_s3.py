@@ -119,3 +119,18 @@ def test_an_image_replaced_on_s3_is_noticed_and_out_inside_src_refused(
     result = CliRunner().invoke(app, inside)
     assert result.exit_code == 1 and "is inside the source" in result.stderr
     _no_secrets(refused.stderr + result.stderr)
+
+
+def test_credentials_in_the_url_work_and_stay_out_of_errors(s3_options, make_synthetic_plan):
+    """``s3://KEY:SECRET@bucket/...``, the endpoint alone in storage options."""
+    from ltray.data.prepare.orchestrator import PrepareOptions, prepare
+
+    endpoint = {"client_kwargs": s3_options["client_kwargs"]}
+    secret = "url-secret/with+slash"
+    out = f"s3://URLKEYAKIA:{secret}@{BUCKET}/datasets/from-url"
+    prepare(make_synthetic_plan(), out, PrepareOptions(storage_options=endpoint, workers=1))
+    assert read_manifest(out, endpoint).num_rows("train") > 0
+    assert secret not in fs.read_bytes(f"{out}/manifest.json", endpoint).decode()
+    with pytest.raises(LtrayError) as info:
+        read_manifest(out.replace("from-url", "missing"), endpoint)
+    assert secret not in str(info.value) and "URLKEYAKIA" not in str(info.value)
