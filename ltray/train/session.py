@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import os
 import socket
+import sys
 import tempfile
+import threading
 from typing import Any, Protocol
 
 from ltray.train.checkpoint import CHECKPOINT_FILE, load_state, save_state
@@ -26,6 +28,17 @@ class Session(Protocol):
     def latest_state(self) -> dict[str, Any] | None: ...
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None: ...
+
+    def say(self, line: str) -> None:
+        """One line for the user's console (progress, a note about the run)."""
+        ...
+
+
+def say(line: str) -> None:
+    """One line on stdout. Not ``print``: Ray Train patches that into its logger and, with
+    stdout wrapped as it is in a worker, the line would show twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 class LocalSession:
@@ -63,16 +76,23 @@ class LocalSession:
         for old in self._checkpoints()[: -self.keep]:
             self.storage.remove(f"{self.folder}/{old}")
 
+    def say(self, line: str) -> None:
+        say(line)
+
 
 class RaySession:
     """Inside a Ray Train worker: Ray persists checkpoints to the run's storage and restores them
-    after a worker failure or when the same job is submitted again."""
+    after a worker failure or when the same job is submitted again.
 
-    def __init__(self) -> None:
+    ``console``, the launcher's :class:`ConsoleRelay` queue, carries ``say``'s lines to the
+    driver: a worker's own stdout goes to Ray's log files."""
+
+    def __init__(self, console: Any = None) -> None:
         import ray
         import ray.train
 
         self._train = ray.train
+        self._console = console
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
@@ -96,3 +116,59 @@ class RaySession:
                 save_state(state, f)
             checkpoint = self._train.Checkpoint.from_directory(folder)
             self._train.report(metrics, checkpoint=checkpoint)
+
+    def say(self, line: str) -> None:
+        if self._console is not None:
+            try:
+                self._console.put(line, timeout=30)
+                return
+            except Exception:  # the driver is gone or its queue is: the line still goes to the log
+                self._console = None
+        say(line)
+
+
+class ConsoleRelay:
+    """The driver's end of :meth:`RaySession.say`: a Ray queue (an actor that takes no CPU)
+    whose lines a thread prints as they come, so the console shows a run's progress while its
+    workers' output stays in Ray's log files. ``with ConsoleRelay() as queue:`` around
+    ``trainer.fit()``; on exit, every line put before fit returned has been printed, in order.
+    """
+
+    def __init__(self, poll_s: float = 0.5) -> None:
+        from ray.util.queue import Queue
+
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self._poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="ltray-console", daemon=True)
+
+    def __enter__(self) -> Any:
+        self._thread.start()
+        return self.queue
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        from ray.util.queue import Empty
+
+        try:
+            while True:
+                say(self.queue.get_nowait())
+        except Empty:
+            pass
+        except Exception:  # the queue actor is gone (Ray shut down): nothing left to print
+            pass
+        finally:
+            self.queue.shutdown()
+
+    def _pump(self) -> None:
+        from ray.util.queue import Empty
+
+        while not self._stop.is_set():
+            try:
+                line = self.queue.get(timeout=self._poll_s)
+            except Empty:
+                continue
+            except Exception:  # the queue actor is gone: the run's lines stay in the logs
+                return
+            say(line)

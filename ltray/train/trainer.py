@@ -31,7 +31,7 @@ from ltray.tracking import make_tracker
 from ltray.train.decoupled import balanced_subset, run_decoupled
 from ltray.train.device import Normalizer, Placement, wants_gpu
 from ltray.train.evaluate import EvalCounts, evaluate
-from ltray.train.run_info import Predictor, progress_line, run_params, run_tags, say, worker_nodes
+from ltray.train.run_info import Predictor, progress_line, run_params, run_tags, worker_nodes
 from ltray.train.schedule import lr_at, scaled_lr
 from ltray.train.session import LocalSession, RaySession, Session
 from ltray.train.storage import Storage
@@ -358,7 +358,8 @@ class Trainer:
             self.restore(state)
         if self.final:
             if self.rank == 0:
-                say(f"[ltray] run {self.run_name} already finished; start fresh to rerun it")
+                note = f"[ltray] run {self.run_name} already finished; start fresh to rerun it"
+                self.session.say(note)
             self.session.report(self.final, None)
             return self.final
         fresh = self.fresh and state is None
@@ -378,7 +379,7 @@ class Trainer:
             if decomposition is not None:
                 self.tracker.log_json(f"decomposition/epoch_{epoch:04d}.json", decomposition)
             if self.rank == 0:
-                say(progress_line(record, self.eval_prefix))
+                self.session.say(progress_line(record, self.eval_prefix))
 
         final: dict[str, float] = {}
         if self.job.loss.is_decoupled:
@@ -418,7 +419,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if config.get("local"):
         session: Session = LocalSession(storage, run_name, job.storage.keep)
     else:
-        session = RaySession()
+        session = RaySession(config.get("console"))
     trainer = Trainer(job, session, run_name, fresh=bool(config.get("fresh")))
     try:
         final = trainer.fit()
