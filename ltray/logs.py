@@ -24,8 +24,6 @@ from typing import Any
 LOG_FILE = "ltray.log"
 RAY_LINK = "ray"
 _PACKAGE = Path(__file__).resolve().parent
-# loggers that bring their own console handler when imported
-_CHATTY = ("ray", "mlflow", "alembic")
 
 _folder: Path | None = None
 _adopted: dict[str, tuple[list[logging.Handler], bool]] = {}
@@ -37,11 +35,11 @@ def log_folder() -> Path | None:
 
 
 def new_folder(base: Path | None = None) -> Path:
-    """``{tmp}/ltray/logs/YYYY-mm-dd_HH-MM-SS_PID``: one per command, like Ray's sessions."""
+    """``{tmp}/ltray/logs/YYYY-mm-dd_HH-MM-SS_XXXXXXXX``: a new one per command, like Ray's
+    sessions."""
     base = base or Path(tempfile.gettempdir()) / "ltray" / "logs"
-    folder = base / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    base.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=time.strftime("%Y-%m-%d_%H-%M-%S_"), dir=base))
 
 
 @contextlib.contextmanager
@@ -62,9 +60,7 @@ def capture(verbose: bool, base: Path | None = None) -> Iterator[Path | None]:
     root.setLevel(logging.INFO)
     # MLflow, imported later (a --local run), then logs through the root logger, not to stderr
     os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
-    for name in _CHATTY:
-        if name in sys.modules:
-            adopt(name)
+    _adopt_console_loggers()
     warnings.showwarning = _show_warning
     _folder = folder
     try:
@@ -83,14 +79,29 @@ def capture(verbose: bool, base: Path | None = None) -> Iterator[Path | None]:
         handler.close()
 
 
+def _writes_to_console(handler: logging.Handler) -> bool:
+    if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
+        return False
+    stream = handler.stream  # Ray's handler looks sys.stderr up when it writes
+    return any(stream is s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__))
+
+
+def _adopt_console_loggers() -> None:
+    """Libraries imported so far that gave their logger a console handler (Ray, MLflow do)."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and not name.startswith("ltray"):
+            if any(_writes_to_console(h) for h in logger.handlers):
+                adopt(name)
+
+
 def adopt(name: str) -> None:
     """Route logger ``name`` (which wrote to the console itself) to the log file instead."""
     logger = logging.getLogger(name)
     if name not in _adopted:
         _adopted[name] = (list(logger.handlers), logger.propagate)
-    for h in list(logger.handlers):
-        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-            logger.removeHandler(h)
+    for handler in list(logger.handlers):
+        if _writes_to_console(handler):
+            logger.removeHandler(handler)
     logger.propagate = True
 
 
@@ -107,6 +118,7 @@ def ray_init_options() -> dict[str, Any]:
     Ray logger writes to the log file."""
     if _folder is None:
         return {}
+    _adopt_console_loggers()  # Ray's, set up when the launcher imported it
     adopt("ray")
     return {"log_to_driver": False}
 
