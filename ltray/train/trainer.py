@@ -412,7 +412,8 @@ class Trainer:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point: ``TorchTrainer(train_loop_per_worker, train_loop_config=config)`` or
-    ``--local``. ``config``: {"job": JobConfig as JSON, "run_name": str, "local": bool}."""
+    ``--local``. ``config``: {"job": JobConfig as JSON, "run_name": str, "local": bool,
+    "console": the launcher's queue for rank 0's lines (on Ray)}."""
     job = JobConfig.model_validate(config["job"])
     run_name = config["run_name"]
     storage = Storage(job.storage.url, job.storage.storage_options)
