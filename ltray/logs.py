@@ -11,6 +11,7 @@ and actor's stdout and stderr, Ray Train's own logs).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -83,7 +84,10 @@ def _writes_to_console(handler: logging.Handler) -> bool:
     if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
         return False
     stream = handler.stream  # Ray's handler looks sys.stderr up when it writes
-    return any(stream is s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__))
+    if any(stream is s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)):
+        return True
+    # not a file or buffer but an object that forwards to sys.stderr when written to (MLflow's)
+    return not isinstance(stream, io.IOBase)
 
 
 def _adopt_console_loggers() -> None:

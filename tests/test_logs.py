@@ -14,6 +14,16 @@ OURS = str(Path(logs.__file__).resolve().parent / "losses" / "uniformity.py")
 THEIRS = str(Path(logging.__file__).resolve())  # any file outside the ltray package
 
 
+class ForwardsToStderr:
+    """A stream that writes to whatever sys.stderr is when written to."""
+
+    def write(self, text: str) -> None:
+        sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _warn_from(filename: str, text: str, category: type[Warning] = UserWarning) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -31,25 +41,31 @@ def test_verbose_changes_nothing(capsys):
 
 def test_library_logs_and_warnings_go_to_the_file_ltrays_warnings_to_stderr(tmp_path, capsys):
     library = logging.getLogger("some_library")
-    own = logging.StreamHandler(sys.stderr)  # as a library that prints (Ray, MLflow) does
+    own = logging.StreamHandler(sys.stderr)  # as a library that prints (Ray) does
     library.addHandler(own)
+    forwarding = logging.getLogger("forwarding_library")
+    forwarder = logging.StreamHandler(ForwardsToStderr())  # as MLflow's does
+    forwarding.addHandler(forwarder)
     try:
         with logs.capture(verbose=False, base=tmp_path) as folder:
             assert folder is not None and folder.parent == tmp_path
             assert logs.log_folder() == folder
             logging.getLogger("mlflow.store").info("Creating initial MLflow database tables")
             logging.getLogger("some_library").warning("library chatter")
+            logging.getLogger("forwarding_library").warning("forwarded chatter")
             _warn_from(THEIRS, "a library's deprecation", DeprecationWarning)
             _warn_from(OURS, "uniformity: torch.compile failed, running eager")
         text = (folder / logs.LOG_FILE).read_text()
         assert library.handlers == [own] and library.propagate  # put back
+        assert forwarding.handlers == [forwarder]
     finally:
         library.handlers.clear()
+        forwarding.handlers.clear()
     console = capsys.readouterr()
     assert console.out == ""
     assert console.err == "warning: uniformity: torch.compile failed, running eager\n"
     assert "Creating initial MLflow database tables" in text
-    assert "library chatter" in text
+    assert "library chatter" in text and "forwarded chatter" in text
     assert "DeprecationWarning: a library's deprecation" in text
     assert "running eager" not in text
 
