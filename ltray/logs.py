@@ -136,7 +136,8 @@ def link_ray_logs(ray_logs: str | Path) -> None:
         link.symlink_to(Path(ray_logs), target_is_directory=True)
 
 
-def _is_ours(filename: str) -> bool:
+def from_ltray(filename: str) -> bool:
+    """Whether a warning raised at ``filename`` is ltray's own (and so concerns the user)."""
     try:
         return Path(filename).resolve().is_relative_to(_PACKAGE)
     except (OSError, ValueError):
@@ -146,7 +147,7 @@ def _is_ours(filename: str) -> bool:
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """ltray's warnings concern the user: one ``warning: ...`` line on stderr. Libraries'
     warnings go to the log file."""
-    if _is_ours(filename):
+    if from_ltray(filename):
         sys.stderr.write(f"warning: {message}\n")
         sys.stderr.flush()
         return

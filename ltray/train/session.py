@@ -7,14 +7,17 @@ that calls ``ray.train``; ``LocalSession`` writes the same checkpoint file throu
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
 import sys
 import tempfile
 import threading
+import warnings
 from typing import Any, Protocol
 
+from ltray.logs import from_ltray
 from ltray.train.checkpoint import CHECKPOINT_FILE, load_state, save_state
 from ltray.train.storage import Storage
 
@@ -98,6 +101,8 @@ class RaySession:
         self.world_size = context.get_world_size()
         self.local_rank = context.get_local_rank()
         self.node = ray.get_runtime_context().get_node_id()
+        if console is not None and self.rank == 0:
+            forward_warnings(self.say)
 
     def latest_state(self) -> dict[str, Any] | None:
         checkpoint = self._train.get_checkpoint()
@@ -127,6 +132,20 @@ class RaySession:
         say(line)
 
 
+def forward_warnings(say: Any) -> None:
+    """ltray's own warnings in this worker also go to ``say`` as ``warning: ...`` lines (the
+    worker's log keeps them all, as before)."""
+    shown = getattr(warnings.showwarning, "ltray_wraps", warnings.showwarning)  # wrap once
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if from_ltray(filename):
+            say(f"warning: {message}")
+        shown(message, category, filename, lineno, file, line)
+
+    show.ltray_wraps = shown  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
 class ConsoleRelay:
     """The driver's end of :meth:`RaySession.say`: a Ray queue (an actor that takes no CPU)
     whose lines a thread prints as they come, so the console shows a run's progress while its
@@ -153,13 +172,12 @@ class ConsoleRelay:
 
         try:
             while True:
-                say(self.queue.get_nowait())
+                _show(self.queue.get_nowait())
         except Empty:
             pass
-        except Exception:  # the queue actor is gone (Ray shut down): nothing left to print
-            pass
         finally:
-            self.queue.shutdown()
+            with contextlib.suppress(Exception):  # Ray may be gone already
+                self.queue.shutdown()
 
     def _pump(self) -> None:
         from ray.util.queue import Empty
@@ -171,4 +189,13 @@ class ConsoleRelay:
                 continue
             except Exception:  # the queue actor is gone: the run's lines stay in the logs
                 return
-            say(line)
+            _show(line)
+
+
+def _show(line: str) -> None:
+    """A relayed line: warnings to stderr, the rest to stdout."""
+    if line.startswith("warning: "):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    else:
+        say(line)
