@@ -110,7 +110,7 @@ def _run_on_ray(job: JobConfig, config: dict[str, Any], storage: Storage) -> dic
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ltray.train.session import ConsoleRelay
+    from ltray.train.session import ConsoleRelay, failure_notice
 
     _ray_init()
     use_gpu = _use_gpu(job)
@@ -133,6 +133,7 @@ def _run_on_ray(job: JobConfig, config: dict[str, Any], storage: Storage) -> dic
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.storage.keep),
+            callbacks=[failure_notice(relay.queue, scaling.max_failures)],
         ),
     )
     failure = f"{config['run_name']}/{FAILURE_FILE}"

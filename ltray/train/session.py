@@ -146,6 +146,39 @@ def forward_warnings(say: Any) -> None:
     warnings.showwarning = show
 
 
+def failure_notice(console: Any, max_failures: int) -> Any:
+    """A Ray Train callback (it runs in the Train controller) that tells the console when a
+    worker fails and the run restarts from its last checkpoint: the workers' own tracebacks
+    stay in the logs. The failure that ends the run is the launcher's ``error:`` line."""
+    from ray.train import UserCallback
+
+    class FailureNotice(UserCallback):
+        def __init__(self) -> None:
+            self.failures = 0
+
+        def after_exception(self, run_context: Any, worker_exceptions: dict) -> None:
+            self.failures += 1
+            if 0 <= max_failures < self.failures:
+                return
+            ranks = ", ".join(str(rank) for rank in sorted(worker_exceptions))
+            reason = _last_line(next(iter(worker_exceptions.values()))).split(". ")[0]
+            which = f"workers {ranks}" if len(worker_exceptions) > 1 else f"worker {ranks}"
+            line = f"warning: {which} failed ({reason}); restarting from the last checkpoint"
+            with contextlib.suppress(Exception):
+                console.put(line, timeout=30)
+
+    return FailureNotice()
+
+
+def _last_line(exc: BaseException) -> str:
+    """The innermost error's message, its last line (as the launcher's ``error:`` line); Ray's
+    'actor died' line is a paragraph: its first sentence says what happened."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
 class ConsoleRelay:
     """The driver's end of :meth:`RaySession.say`: a Ray queue (an actor that takes no CPU)
     whose lines a thread prints as they come, so the console shows a run's progress while its
