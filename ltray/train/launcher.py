@@ -93,7 +93,7 @@ def _ray_init() -> None:
         # "local", not None: without RAY_ADDRESS we start our own Ray, never silently join a
         # cluster that `ray start` left running on this machine
         context = ray.init(address="local", include_dashboard=False, **options)
-    session_dir = getattr(context, "address_info", {}).get("session_dir")
+    session_dir = (getattr(context, "address_info", None) or {}).get("session_dir")
     if session_dir:
         link_ray_logs(os.path.join(session_dir, "logs"))
 
