@@ -1,15 +1,34 @@
-"""What the user sees: one ``error: ...`` line for anything they can get wrong."""
+"""What the user sees: ltray's own lines, one ``error: ...`` line for anything they can get
+wrong, and (unless ``--verbose``) the libraries' chatter kept in log files (:mod:`ltray.logs`)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
+from ltray import logs
 from ltray.errors import LtrayError
 from ltray.secrets import scrub
+
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="show Ray's and the libraries' logs here, not in log files"
+    ),
+]
+
+
+@contextlib.contextmanager
+def quiet_unless(verbose: bool) -> Iterator[Path | None]:
+    """Keep library chatter in a new log folder (its path printed once) unless ``verbose``."""
+    with logs.capture(verbose) as folder:
+        if folder is not None:
+            typer.echo(f"[ltray] logs: {folder}")
+        yield folder
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from ltray.cli.console import exit_on_error
+from ltray.cli.console import Verbose, exit_on_error, quiet_unless
 from ltray.config import JobConfig, load_job
 from ltray.data import read_manifest
 from ltray.data.prepare import prepare, sources
@@ -29,10 +29,13 @@ def demo(
         Path | None, typer.Option(help="a job file to run instead of the packaged demo job")
     ] = None,
     local: Annotated[bool, typer.Option("--local", help="train without Ray")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """The whole path on a small generated data set: prepare, train, and where to look."""
     with exit_on_error():
-        run_demo(job, local=local)
+        demo_job = load_demo_job(job)
+        with quiet_unless(verbose):
+            run_demo(demo_job, local=local)
 
 
 def load_demo_job(job_file: Path | None = None) -> JobConfig:
@@ -51,8 +54,7 @@ def _has_data_set(url: str) -> bool:
     return True
 
 
-def run_demo(job_file: Path | None = None, *, local: bool = False) -> None:
-    job = load_demo_job(job_file)
+def run_demo(job: JobConfig, *, local: bool = False) -> None:
     if not _has_data_set(job.data.url):
         print(f"[ltray] preparing a generated long-tailed data set at {redact_url(job.data.url)}")
         result = prepare(sources.synthetic(image_size=job.data.image_size), job.data.url)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ltray.cli.console import exit_on_error
+from ltray.cli.console import Verbose, exit_on_error, quiet_unless
 
 
 def train(
@@ -22,6 +22,7 @@ def train(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="discard this job's checkpoints and start over")
     ] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train a job; running the same job again resumes from its last checkpoint."""
     from ltray.config import load_job
@@ -30,7 +31,8 @@ def train(
     with exit_on_error():
         job = load_job(job_file, overrides or [])
     with exit_on_error(job.model_dump()):  # errors from here on can quote the job's secrets
-        result = run_job(job, local=local, fresh=fresh)
+        with quiet_unless(verbose):
+            result = run_job(job, local=local, fresh=fresh)
     print_final(result.run_name, result.metrics)
 
 

@@ -13,12 +13,9 @@ import torch
 from torchvision.io import ImageReadMode, decode_image
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec, and warns on every
-# call; we keep torchvision.io (the decoder training uses) and silence only that warning.
-warnings.filterwarnings(
-    "ignore",
-    message="The image decoding and encoding capabilities of TorchVision are deprecated",
-    category=DeprecationWarning,
-)
+# call; we keep torchvision.io (the decoder training uses) and silence only that warning, at
+# the call: a filter set at import does not survive in a Ray Train worker.
+_CODEC_DEPRECATION = "The image decoding and encoding capabilities of TorchVision are deprecated"
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -50,7 +47,9 @@ def decode_rgb(data: bytes | memoryview) -> torch.Tensor:
     if buf.numel() == 0:
         raise ValueError("empty file")
     try:
-        img = decode_image(buf, mode=ImageReadMode.RGB)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _CODEC_DEPRECATION, DeprecationWarning)
+            img = decode_image(buf, mode=ImageReadMode.RGB)
     except RuntimeError as exc:
         raise ValueError(_short_reason(exc)) from None
     if img.ndim != 3 or img.shape[0] != 3:

@@ -14,6 +14,7 @@ from typing import Any
 from ltray.config import JobConfig
 from ltray.data import read_manifest
 from ltray.errors import LtrayError
+from ltray.logs import link_ray_logs, ray_init_options
 from ltray.losses import head_for
 from ltray.secrets import scrub, split_secrets
 from ltray.tracking import check_reachable, create_sqlite_folder, resolve_tracking_uri
@@ -90,12 +91,16 @@ def _ray_init() -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
+    options = ray_init_options()
     if address:
-        ray.init(address=address)
+        context = ray.init(address=address, **options)
     else:
         # "local", not None: without RAY_ADDRESS we start our own Ray, never silently join a
         # cluster that `ray start` left running on this machine
-        ray.init(address="local", include_dashboard=False)
+        context = ray.init(address="local", include_dashboard=False, **options)
+    session_dir = (getattr(context, "address_info", None) or {}).get("session_dir")
+    if session_dir:
+        link_ray_logs(os.path.join(session_dir, "logs"))
 
 
 def _use_gpu(job: JobConfig) -> bool:
@@ -111,6 +116,8 @@ def _run_on_ray(job: JobConfig, config: dict[str, Any], storage: Storage) -> dic
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from ltray.train.session import ConsoleRelay, failure_notice
+
     _ray_init()
     # the secrets reach the workers through the object store: Ray records train_loop_config
     # in its run state (and, with the export API on, in the session's log folder)
@@ -118,9 +125,10 @@ def _run_on_ray(job: JobConfig, config: dict[str, Any], storage: Storage) -> dic
     use_gpu = _use_gpu(job)
     scaling = job.scaling
     storage_path, filesystem = storage.pyarrow_filesystem()
+    relay = ConsoleRelay()  # rank 0's progress lines, printed here as they come
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=config,
+        train_loop_config={**config, "console": relay.queue},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
@@ -134,13 +142,15 @@ def _run_on_ray(job: JobConfig, config: dict[str, Any], storage: Storage) -> dic
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.storage.keep),
+            callbacks=[failure_notice(relay.queue, scaling.max_failures)],
         ),
     )
     failure = f"{config['run_name']}/{FAILURE_FILE}"
     if storage.exists(failure):
         storage.remove(failure)  # left by an earlier attempt of this job
     try:
-        result = trainer.fit()
+        with relay:
+            result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
         cause = scrub(_root_cause(exc), job.model_dump())
         raise LtrayError(f"training run {config['run_name']} failed: {cause}") from None

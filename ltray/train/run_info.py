@@ -4,7 +4,6 @@ model it logs (:class:`Predictor`)."""
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
 import torch
@@ -13,14 +12,7 @@ import torch.distributed as dist
 from ltray.config import JobConfig, flatten
 from ltray.secrets import public_url, redact
 from ltray.train.provenance import ltray_commit, ltray_version
-from ltray.train.session import Session
-
-
-def say(line: str) -> None:
-    """One progress line. Not ``print``: Ray Train patches it into its logger and, with stdout
-    wrapped as it is in a worker, the line would show twice."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+from ltray.train.session import Session, say  # noqa: F401 (say: re-exported)
 
 
 def run_params(job: JobConfig, run_name: str, world_size: int, peak_lr: float) -> dict[str, Any]:

@@ -38,7 +38,6 @@ from ltray.train.run_info import (
     progress_line,
     run_params,
     run_tags,
-    say,
     worker_nodes,
 )
 from ltray.train.schedule import lr_at, scaled_lr
@@ -370,7 +369,8 @@ class Trainer:
             self.restore(state)
         if self.final:
             if self.rank == 0:
-                say(f"[ltray] run {self.run_name} already finished; start fresh to rerun it")
+                note = f"[ltray] run {self.run_name} already finished; start fresh to rerun it"
+                self.session.say(note)
             self.session.report(self.final, None)
             return self.final
         fresh = self.fresh and state is None
@@ -390,7 +390,7 @@ class Trainer:
             if decomposition is not None:
                 self.tracker.log_json(f"decomposition/epoch_{epoch:04d}.json", decomposition)
             if self.rank == 0:
-                say(progress_line(record, self.eval_prefix))
+                self.session.say(progress_line(record, self.eval_prefix))
 
         final: dict[str, float] = {}
         if self.job.loss.is_decoupled:
@@ -427,7 +427,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point: ``TorchTrainer(train_loop_per_worker, train_loop_config=config)`` or
     ``--local``. ``config``: {"job": JobConfig as JSON with its secrets masked, "secrets": what
     :func:`ltray.secrets.split_secrets` took out (on Ray, a reference to them), "run_name": str,
-    "local": bool}."""
+    "local": bool, "console": the launcher's queue for rank 0's lines (on Ray)}."""
     secrets = fetch_secrets(config.get("secrets"))
     job = JobConfig.model_validate(join_secrets(config["job"], secrets))
     run_name = config["run_name"]
@@ -435,7 +435,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if config.get("local"):
         session: Session = LocalSession(storage, run_name, job.storage.keep)
     else:
-        session = RaySession()
+        session = RaySession(config.get("console"))
     trainer = Trainer(job, session, run_name, fresh=bool(config.get("fresh")))
     try:
         final = trainer.fit()

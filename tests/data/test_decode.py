@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -8,6 +10,19 @@ def test_decode_jpeg_and_png_to_rgb_chw(make_image):
     for fmt in ("JPEG", "PNG"):
         img = decode_rgb(make_image(1, size=9, fmt=fmt))
         assert img.dtype == torch.uint8 and img.shape == (3, 9, 9)
+
+
+def test_decoding_keeps_torchvisions_codec_deprecation_to_itself(make_image):
+    """Filters set at import do not survive in a Ray Train worker (nor a -W always): the one
+    around the call does, and it hides that warning only."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for fmt in ("JPEG", "PNG"):
+            decode_rgb(make_image(1, fmt=fmt))
+        warnings.warn("a warning of our own", UserWarning, stacklevel=1)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "TorchVision are deprecated" in m], messages
+    assert "a warning of our own" in messages
 
 
 def test_grey_png_becomes_rgb():

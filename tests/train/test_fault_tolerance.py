@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -98,6 +99,9 @@ def test_killed_worker_is_replaced_and_the_run_ends_like_an_uninterrupted_one(ti
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, output[-4000:]
+    # the console says so (the worker's traceback stays in the log folder)
+    notice = r"^warning: workers? [\d, ]+ failed \(.+\); restarting from the last checkpoint$"
+    assert re.search(notice, output, re.M), output[-4000:]
 
     expected, resumed = final_weights(reference), final_weights(job)
     for key in expected:
