@@ -16,7 +16,7 @@ from ltray.data import read_manifest
 from ltray.errors import LtrayError
 from ltray.tracking import check_reachable, create_sqlite_folder, resolve_tracking_uri
 from ltray.train.storage import Storage
-from ltray.train.trainer import FAILURE_FILE, train_loop_per_worker
+from ltray.train.trainer import FAILURE_FILE, check_train_shares, train_loop_per_worker
 
 
 def _is_local_path(url: str) -> bool:
@@ -45,8 +45,11 @@ def absolutize(job: JobConfig) -> JobConfig:
 
 def preflight(job: JobConfig) -> None:
     """Fail before any worker starts: unreadable data set, unwritable storage, unreachable
-    tracking server. Each error names the URL."""
-    read_manifest(job.data.url, storage_options=job.data.storage_options)
+    tracking server, a split too small for the workers. Each error names the culprit."""
+    manifest = read_manifest(job.data.url, storage_options=job.data.storage_options)
+    split = job.data.train_split
+    if manifest.has_split(split):
+        check_train_shares(sum(manifest.class_counts(split)), job.scaling.num_workers, split)
     Storage(job.storage.url, job.storage.storage_options).check_writable()
     if job.tracking.enabled:
         create_sqlite_folder(job.tracking.uri)

@@ -1,8 +1,10 @@
 """Where the loop meets its runner: Ray Train, or the calling process with ``--local``.
 
 The loop sees one small interface: its rank and world size, the last checkpoint to resume from,
-and ``report(metrics, state)`` at the end of an epoch. ``RaySession`` is the only code in ltray
-that calls ``ray.train``; ``LocalSession`` writes the same checkpoint file through fsspec.
+and ``report(metrics, state)`` at the end of an epoch (and every few steps inside one). When
+``report`` returns with a state, that checkpoint is durable: a restart resumes from it or a
+later one, so what the loop logs after it is never redone. ``RaySession`` is the only code in
+ltray that calls ``ray.train``; ``LocalSession`` writes the same checkpoint file through fsspec.
 """
 
 from __future__ import annotations
@@ -28,8 +30,15 @@ class Session(Protocol):
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None: ...
 
 
+def checkpoint_name(state: dict[str, Any]) -> str:
+    """``checkpoint_EEEEEE_BBBBBB``: the stream position it resumes at, so names sort in order."""
+    stream = state["stream"]
+    return f"checkpoint_{int(stream['epoch']):06d}_{int(stream['batch']):06d}"
+
+
 class LocalSession:
-    """One process, no Ray: checkpoints go to ``{storage}/{run}/local/checkpoint_EEEEEE``."""
+    """One process, no Ray: checkpoints go to ``{storage}/{run}/local/checkpoint_EEEEEE_BBBBBB``
+    (the stream position: epoch, batch)."""
 
     rank = 0
     world_size = 1
@@ -58,7 +67,7 @@ class LocalSession:
             return
         buffer = io.BytesIO()
         save_state(state, buffer)
-        name = f"checkpoint_{int(state['epoch']):06d}"
+        name = checkpoint_name(state)
         self.storage.write_bytes(f"{self.folder}/{name}/{CHECKPOINT_FILE}", buffer.getvalue())
         for old in self._checkpoints()[: -self.keep]:
             self.storage.remove(f"{self.folder}/{old}")
@@ -88,6 +97,10 @@ class RaySession:
                 return load_state(f)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        """Every rank reports (Ray's report is collective); rank 0 attaches the checkpoint and
+        waits until Ray's controller has registered it: the worker's own report returns once
+        the files are uploaded, but a worker killed before the controller took the report from
+        its queue would be restored from the checkpoint before."""
         if state is None or self.rank != 0:
             self._train.report(metrics)
             return
@@ -96,3 +109,6 @@ class RaySession:
                 save_state(state, f)
             checkpoint = self._train.Checkpoint.from_directory(folder)
             self._train.report(metrics, checkpoint=checkpoint)
+        self._train.get_all_reported_checkpoints(
+            consistency_mode=self._train.CheckpointConsistencyMode.COMMITTED
+        )
