@@ -43,13 +43,14 @@ def absolutize(job: JobConfig) -> JobConfig:
     return job.model_copy(update=update)
 
 
-def preflight(job: JobConfig) -> None:
+def preflight(job: JobConfig, local: bool = False) -> None:
     """Fail before any worker starts: unreadable data set, unwritable storage, unreachable
     tracking server, a split too small for the workers. Each error names the culprit."""
     manifest = read_manifest(job.data.url, storage_options=job.data.storage_options)
     split = job.data.train_split
     if manifest.has_split(split):
-        check_train_shares(sum(manifest.class_counts(split)), job.scaling.num_workers, split)
+        workers = 1 if local else job.scaling.num_workers
+        check_train_shares(sum(manifest.class_counts(split)), workers, split)
     Storage(job.storage.url, job.storage.storage_options).check_writable()
     if job.tracking.enabled:
         create_sqlite_folder(job.tracking.uri)
@@ -65,7 +66,7 @@ class RunResult:
 def run_job(job: JobConfig, *, local: bool = False, fresh: bool = False) -> RunResult:
     """Train one job to the end (resuming its last checkpoint unless ``fresh``)."""
     job = absolutize(job)
-    preflight(job)
+    preflight(job, local)
     run_name = job.run_name()
     storage = Storage(job.storage.url, job.storage.storage_options)
     if fresh and storage.exists(run_name):

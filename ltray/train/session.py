@@ -31,9 +31,11 @@ class Session(Protocol):
 
 
 def checkpoint_name(state: dict[str, Any]) -> str:
-    """``checkpoint_EEEEEE_BBBBBB``: the stream position it resumes at, so names sort in order."""
+    """``checkpoint_EEEEEE_BBBBBB``: the stream position it resumes at, so names sort in order;
+    the finished run's (the same position as its last epoch's) ends in ``_final``."""
     stream = state["stream"]
-    return f"checkpoint_{int(stream['epoch']):06d}_{int(stream['batch']):06d}"
+    name = f"checkpoint_{int(stream['epoch']):06d}_{int(stream['batch']):06d}"
+    return name + "_final" if state.get("final") else name
 
 
 class LocalSession:
@@ -108,7 +110,9 @@ class RaySession:
             with open(os.path.join(folder, CHECKPOINT_FILE), "wb") as f:
                 save_state(state, f)
             checkpoint = self._train.Checkpoint.from_directory(folder)
-            self._train.report(metrics, checkpoint=checkpoint)
+            self._train.report(
+                metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(state)
+            )
         self._train.get_all_reported_checkpoints(
             consistency_mode=self._train.CheckpointConsistencyMode.COMMITTED
         )

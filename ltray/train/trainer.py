@@ -445,6 +445,8 @@ class Trainer:
         params = run_params(self.job, self.run_name, self.world, self.peak_lr)
         self.tracker.start(self.run_name, params, run_tags(self.job, nodes), fresh=fresh)
         self.tracker.fill_missing(self.history)
+        if state is not None and not self.final:
+            self._announce_resume()
         if self.final:  # the final metrics and model were logged before this checkpoint
             if self.rank == 0:
                 say(f"[ltray] run {self.run_name} already finished; start fresh to rerun it")
@@ -480,6 +482,13 @@ class Trainer:
         self.session.report(final, self.state(self.job.schedule.epochs - 1, final))
         self.tracker.finish()
         return final
+
+    def _announce_resume(self) -> None:
+        """Say where the run resumes, and tag its MLflow run with it."""
+        where = f"epoch {self.start_epoch} batch {self.resume.get('batch', 0)}"
+        self.tracker.set_tags({"ltray.resumed_at": where})
+        if self.rank == 0:
+            say(f"[ltray] run {self.run_name} resumes from its checkpoint at {where}")
 
     def _selected(self) -> dict[str, float]:
         key = self.job.schedule.select_by
