@@ -23,18 +23,20 @@ TIMING = ("train/images_per_s", "train/epoch_s")
 def resume_job(data: str, folder):
     """dr with a learned scale and a learned ring radius, warm-up then cosine, 2 loader
     workers, a checkpoint every 3 steps."""
-    job = make_job(
+    return make_job(
         data,
         folder,
         data={"loader_workers": 2},
         loss={"name": "dr", "learn_scale": True, "norm": {"kind": "ring", "radius": None}},
         optim={"batch_size": 8},
-        schedule={"epochs": EPOCHS, "warmup_epochs": 1, "kind": "cosine"},
+        schedule={
+            "epochs": EPOCHS,
+            "warmup_epochs": 1,
+            "kind": "cosine",
+            "max_steps_per_epoch": None,
+        },
         storage={"checkpoint_every_steps": 3},
         tracking={"log_model": False},
-    )
-    return job.model_copy(
-        update={"schedule": job.schedule.model_copy(update={"max_steps_per_epoch": None})}
     )
 
 
@@ -79,19 +81,15 @@ def test_crash_inside_an_epoch_resumes_at_its_batch_and_ends_like_an_uninterrupt
     with pytest.raises(RuntimeError, match="simulated"):
         run_job(crashing, local=True)
     saved = latest_state(crashing)
-    assert saved["stream"] == {"epoch": 1, "batch": 3, "loader_workers": 2}
     run_job(crashing, local=True)
-    # steps 3 and 4 of epoch 1 ran twice: the resume started at the checkpoint, not the epoch
-    assert dropout_in_training["n"] == EPOCHS * STEPS + 2
 
-    client, run = the_run(crashing)
-    assert run.data.tags["ltray.resumed_at"] == "epoch 1 batch 3"
     # the same float32 operations in the same order: anything beyond rounding is a resume bug
     expected, resumed = latest_state(reference), latest_state(crashing)
     for key, value in expected["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=1e-6, atol=1e-7)
     for key, value in expected["criterion"].items():
         torch.testing.assert_close(resumed["criterion"][key], value, rtol=1e-6, atol=1e-7)
+    client, run = the_run(crashing)
     assert_logged_as_finished(client, run.info.run_id, resumed)
     # the resumed epoch's loss sums the steps before the checkpoint and after it
     reference_client, reference_run = the_run(reference)
@@ -101,6 +99,11 @@ def test_crash_inside_an_epoch_resumes_at_its_batch_and_ends_like_an_uninterrupt
     for key in set(want) - set(TIMING):
         for step, value in want[key].items():
             assert got[key][step] == pytest.approx(value, rel=1e-6, abs=1e-9), (key, step)
+    # the crash came at epoch 1 step 4; the resume started at the checkpoint after step 2, so
+    # steps 3 and 4 ran twice, the epoch's first three once
+    assert saved["stream"] == {"epoch": 1, "batch": 3, "loader_workers": 2}
+    assert run.data.tags["ltray.resumed_at"] == "epoch 1 batch 3"
+    assert dropout_in_training["n"] == EPOCHS * STEPS + 2
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
