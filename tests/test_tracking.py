@@ -1,6 +1,7 @@
 """MLflow tracking against a real SQLite store: resume finds the run, epochs are logged once."""
 
 import pytest
+import torch
 from processes import free_port
 
 from ltray.errors import LtrayError
@@ -65,3 +66,29 @@ def test_an_epoch_already_logged_is_not_logged_again(tmp_path):
     again.log_epoch(1, {"val/acc": 20.0})
     history = again.client.get_metric_history(again.run_id, "val/acc")
     assert sorted((m.step, m.value) for m in history) == [(0, 10.0), (1, 20.0)]
+
+
+def test_final_metrics_and_model_are_logged_once_by_any_attempt(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    built = []
+
+    def model():
+        built.append(1)
+        raise RuntimeError("simulated crash while logging the model")
+
+    first = MlflowTracker(uri, "exp")
+    first.start("job-abc", {}, {})
+    with pytest.raises(RuntimeError, match="simulated"):
+        first.log_final(3, {"test/acc": 50.0}, model)
+    # the rerun recomputes the same final metrics: they are not logged again, the model is
+    again = MlflowTracker(uri, "exp")
+    again.start("job-abc", {}, {})
+    example = torch.zeros(2, 3)
+    again.log_final(3, {"test/acc": 50.0}, lambda: (torch.nn.Linear(3, 2).eval(), example.numpy()))
+    again.log_final(3, {"test/acc": 50.0}, lambda: built.append(2))
+    history = again.client.get_metric_history(again.run_id, "test/acc")
+    assert [(m.step, m.value) for m in history] == [(3, 50.0)]
+    assert built == [1]
+    run = again.client.get_run(again.run_id)
+    assert run.data.tags["ltray.final_logged"] == "model"
+    assert {a.path for a in again.client.list_artifacts(again.run_id)} >= {"final_metrics.json"}
