@@ -13,6 +13,7 @@ import io
 import os
 import socket
 import tempfile
+import time
 from typing import Any, Protocol
 
 from ltray.train.checkpoint import CHECKPOINT_FILE, load_state, save_state
@@ -110,9 +111,10 @@ class RaySession:
             with open(os.path.join(folder, CHECKPOINT_FILE), "wb") as f:
                 save_state(state, f)
             checkpoint = self._train.Checkpoint.from_directory(folder)
-            self._train.report(
-                metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(state)
-            )
+            # the position sorts the names; the time keeps a position reported again (by an
+            # attempt restored from before it) from reusing a folder Ray may still delete
+            name = f"{checkpoint_name(state)}-{time.time_ns()}"
+            self._train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
         self._train.get_all_reported_checkpoints(
             consistency_mode=self._train.CheckpointConsistencyMode.COMMITTED
         )

@@ -55,7 +55,7 @@ def run_folder(job) -> Path:
 
 
 def final_state(job) -> dict:
-    (last,) = run_folder(job).glob(f"checkpoint_*_final/{CHECKPOINT_FILE}")
+    (last,) = run_folder(job).glob(f"checkpoint_*_final-*/{CHECKPOINT_FILE}")
     return load_state(io.BytesIO(last.read_bytes()))
 
 
