@@ -240,6 +240,12 @@ class StorageConfig(Section):
         default_factory=dict, description="fsspec options for storage.url; never logged"
     )
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    checkpoint_every_steps: int | None = Field(
+        None,
+        ge=1,
+        description="training steps between mid-epoch checkpoints (a kill then loses at most "
+        "this many steps); None: at epoch ends only, enough for small sets",
+    )
     keep: int = Field(2, ge=1, description="checkpoints kept")
 
 

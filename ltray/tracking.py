@@ -2,9 +2,11 @@
 
 A run is found again by its tag ``ltray.run_name``, so a resumed or re-submitted job continues
 the same MLflow run. Epoch metrics carry ``step=epoch`` and an ``epoch`` marker logged last.
-Every epoch appears exactly once: on resume, epochs that the checkpoint's history has but MLflow
-lacks (a crash after the checkpoint, before the log) are logged first, and an epoch MLflow
-already has (a crash after the log, before Ray registered the checkpoint) is not logged again.
+Every epoch appears exactly once, with the value of the attempt that finished: the loop logs an
+epoch only once a checkpoint holding it is durable (so no restart redoes it: MLflow metrics are
+append-only, a value logged cannot be replaced), and on resume the epochs that the checkpoint's
+history has but MLflow lacks (a crash after the checkpoint, before the log) are logged first.
+The final metrics and the model are logged once, marked by the tag ``ltray.final_logged``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from ltray.errors import LtrayError
 from ltray.secrets import public_url, redact_url, scrub, url_credentials
 
 RUN_NAME_TAG = "ltray.run_name"
+FINAL_TAG = "ltray.final_logged"  # "metrics", then "model": what of the final step is logged
 EPOCH_METRIC = "epoch"
 MAX_PARAM_LENGTH = 6000
 
@@ -113,6 +116,8 @@ class NullTracker:
     def log_json(self, name: str, payload: Any) -> None: ...
 
     def log_model(self, model: Any, example: Any, contract: dict[str, Any]) -> None: ...
+
+    def log_final(self, step: int, metrics: dict[str, float], model: Any = None) -> None: ...
 
     def set_tags(self, tags: dict[str, str]) -> None: ...
 
@@ -242,6 +247,25 @@ class MlflowTracker:
                 serialization_format="pt2",
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
+
+    def log_final(
+        self,
+        step: int,
+        metrics: dict[str, float],
+        model: Callable[[], tuple[Any, Any, dict[str, Any]]] | None = None,
+    ) -> None:
+        """The final metrics (at ``step``), ``final_metrics.json`` and, when ``model`` is given
+        (a function returning the model, an input example and its contract), the model: each
+        once. The tag ``ltray.final_logged`` records what is done, so a run restarted between
+        these logs and its last checkpoint does not log them twice."""
+        done = self.client.get_run(self.run_id).data.tags.get(FINAL_TAG, "")
+        if done not in ("metrics", "model"):
+            self.log_metrics(step, metrics)
+            self.log_json("final_metrics.json", metrics)
+            self.client.set_tag(self.run_id, FINAL_TAG, "metrics")
+        if model is not None and done != "model":
+            self.log_model(*model())
+            self.client.set_tag(self.run_id, FINAL_TAG, "model")
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:

@@ -7,6 +7,7 @@ import threading
 from urllib.parse import quote
 
 import pytest
+import torch
 from processes import free_port
 
 from ltray.errors import LtrayError
@@ -118,3 +119,31 @@ def test_mlflow_gets_the_uri_without_credentials_and_them_through_its_env(monkey
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice"
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
     assert use_url_credentials("sqlite:////x/mlflow.db") == "sqlite:////x/mlflow.db"
+
+
+def test_final_metrics_and_model_are_logged_once_by_any_attempt(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    built = []
+
+    def model():
+        built.append(1)
+        raise RuntimeError("simulated crash while logging the model")
+
+    first = MlflowTracker(uri, "exp")
+    first.start("job-abc", {}, {})
+    with pytest.raises(RuntimeError, match="simulated"):
+        first.log_final(3, {"test/acc": 50.0}, model)
+    # the rerun recomputes the same final metrics: they are not logged again, the model is
+    again = MlflowTracker(uri, "exp")
+    again.start("job-abc", {}, {})
+    example = torch.zeros(2, 3)
+    contract = {"classes": ["a", "b"]}
+    linear = torch.nn.Linear(3, 2).eval()
+    again.log_final(3, {"test/acc": 50.0}, lambda: (linear, example.numpy(), contract))
+    again.log_final(3, {"test/acc": 50.0}, lambda: built.append(2))
+    history = again.client.get_metric_history(again.run_id, "test/acc")
+    assert [(m.step, m.value) for m in history] == [(3, 50.0)]
+    assert built == [1]
+    run = again.client.get_run(again.run_id)
+    assert run.data.tags["ltray.final_logged"] == "model"
+    assert {a.path for a in again.client.list_artifacts(again.run_id)} >= {"final_metrics.json"}

@@ -38,3 +38,31 @@ def make_job(data_url: str, workdir: Path, **sections: Any):
         "tracking": {"uri": f"sqlite:///{workdir}/mlflow.db", "experiment": "tests"},
     }
     return validate_job(merge(raw, sections))
+
+
+def logged_metrics(client, run_id: str) -> dict[str, dict[int, float]]:
+    """Every metric's full MLflow history as {key: {step: value}}, asserting that no step of
+    any metric was logged twice."""
+    out: dict[str, dict[int, float]] = {}
+    for key in client.get_run(run_id).data.metrics:
+        history = client.get_metric_history(run_id, key)
+        steps = sorted(m.step for m in history)
+        assert len(steps) == len(set(steps)), f"{key}: a step logged twice: {steps}"
+        out[key] = {m.step: m.value for m in history}
+    return out
+
+
+def assert_logged_as_finished(client, run_id: str, state: dict[str, Any]) -> None:
+    """MLflow holds each metric once per step, with the values of the finished run's checkpoint
+    (its epoch history and final metrics), and nothing else."""
+    expected: dict[str, dict[int, float]] = {}
+    for record in state["history"]:
+        epoch = int(record["epoch"])
+        expected.setdefault("epoch", {})[epoch] = float(epoch)
+        for key, value in record.items():
+            if key != "epoch":
+                expected.setdefault(key, {})[epoch] = value
+    last = len(state["history"])
+    for key, value in state["final"].items():
+        expected.setdefault(key, {})[last] = value
+    assert logged_metrics(client, run_id) == expected

@@ -19,7 +19,7 @@ from ltray.losses import head_for
 from ltray.secrets import scrub, split_secrets
 from ltray.tracking import check_reachable, create_sqlite_folder, resolve_tracking_uri
 from ltray.train.storage import Storage
-from ltray.train.trainer import FAILURE_FILE, train_loop_per_worker
+from ltray.train.trainer import FAILURE_FILE, check_train_shares, train_loop_per_worker
 
 
 def _is_local_path(url: str) -> bool:
@@ -46,11 +46,15 @@ def absolutize(job: JobConfig) -> JobConfig:
     return job.model_copy(update=update)
 
 
-def preflight(job: JobConfig) -> None:
+def preflight(job: JobConfig, local: bool = False) -> None:
     """Fail before any worker starts: unreadable data set, unwritable storage, unreachable
-    tracking server. Each error names the URL."""
+    tracking server, a split too small for the workers. Each error names the culprit."""
     head_for(job.loss, job.model)
-    read_manifest(job.data.url, storage_options=job.data.storage_options)
+    manifest = read_manifest(job.data.url, storage_options=job.data.storage_options)
+    split = job.data.train_split
+    if manifest.has_split(split):
+        workers = 1 if local else job.scaling.num_workers
+        check_train_shares(sum(manifest.class_counts(split)), workers, split)
     Storage(job.storage.url, job.storage.storage_options).check_writable()
     if job.tracking.enabled:
         create_sqlite_folder(job.tracking.uri)
@@ -66,7 +70,7 @@ class RunResult:
 def run_job(job: JobConfig, *, local: bool = False, fresh: bool = False) -> RunResult:
     """Train one job to the end (resuming its last checkpoint unless ``fresh``)."""
     job = absolutize(job)
-    preflight(job)
+    preflight(job, local)
     run_name = job.run_name()
     storage = Storage(job.storage.url, job.storage.storage_options)
     if fresh and storage.exists(run_name):

@@ -1,8 +1,10 @@
 """Where the loop meets its runner: Ray Train, or the calling process with ``--local``.
 
 The loop sees one small interface: its rank and world size, the last checkpoint to resume from,
-and ``report(metrics, state)`` at the end of an epoch. ``RaySession`` is the only code in ltray
-that calls ``ray.train``; ``LocalSession`` writes the same checkpoint file through fsspec.
+and ``report(metrics, state)`` at the end of an epoch (and every few steps inside one). When
+``report`` returns with a state, that checkpoint is durable: a restart resumes from it or a
+later one, so what the loop logs after it is never redone. ``RaySession`` is the only code in
+ltray that calls ``ray.train``; ``LocalSession`` writes the same checkpoint file through fsspec.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from typing import Any, Protocol
 
@@ -44,8 +47,17 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
+def checkpoint_name(state: dict[str, Any]) -> str:
+    """``checkpoint_EEEEEE_BBBBBB``: the stream position it resumes at, so names sort in order;
+    the finished run's (the same position as its last epoch's) ends in ``_final``."""
+    stream = state["stream"]
+    name = f"checkpoint_{int(stream['epoch']):06d}_{int(stream['batch']):06d}"
+    return name + "_final" if state.get("final") else name
+
+
 class LocalSession:
-    """One process, no Ray: checkpoints go to ``{storage}/{run}/local/checkpoint_EEEEEE``."""
+    """One process, no Ray: checkpoints go to ``{storage}/{run}/local/checkpoint_EEEEEE_BBBBBB``
+    (the stream position: epoch, batch)."""
 
     rank = 0
     world_size = 1
@@ -74,7 +86,7 @@ class LocalSession:
             return
         buffer = io.BytesIO()
         save_state(state, buffer)
-        name = f"checkpoint_{int(state['epoch']):06d}"
+        name = checkpoint_name(state)
         self.storage.write_bytes(f"{self.folder}/{name}/{CHECKPOINT_FILE}", buffer.getvalue())
         for old in self._checkpoints()[: -self.keep]:
             self.storage.remove(f"{self.folder}/{old}")
@@ -113,6 +125,10 @@ class RaySession:
                 return load_state(f)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        """Every rank reports (Ray's report is collective); rank 0 attaches the checkpoint and
+        waits until Ray's controller has registered it: the worker's own report returns once
+        the files are uploaded, but a worker killed before the controller took the report from
+        its queue would be restored from the checkpoint before."""
         if state is None or self.rank != 0:
             self._train.report(metrics)
             return
@@ -120,7 +136,13 @@ class RaySession:
             with open(os.path.join(folder, CHECKPOINT_FILE), "wb") as f:
                 save_state(state, f)
             checkpoint = self._train.Checkpoint.from_directory(folder)
-            self._train.report(metrics, checkpoint=checkpoint)
+            # the position sorts the names; the time keeps a position reported again (by an
+            # attempt restored from before it) from reusing a folder Ray may still delete
+            name = f"{checkpoint_name(state)}-{time.time_ns()}"
+            self._train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        self._train.get_all_reported_checkpoints(
+            consistency_mode=self._train.CheckpointConsistencyMode.COMMITTED
+        )
 
     def say(self, line: str) -> None:
         if self._console is not None:

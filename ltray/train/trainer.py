@@ -4,17 +4,26 @@ Ray appears only at the edge (``RaySession``); the epoch, the evaluation and the
 PyTorch. Every source of randomness is explicit: model init from ``torch.manual_seed(seed)``,
 data order and augmentation from (seed, epoch, rank) inside the reader. A checkpoint holds the
 RNG state as well, so a resumed run ends where an uninterrupted run ends.
+
+Every rank reads the same number of training batches (``equal_ranks``: floor(N / W) rows each,
+see :mod:`ltray.data.stream.partition`), so all ranks take the same optimiser steps at the same
+learning rates and their replicas (model, optimiser momentum, learned loss parameters) stay
+identical: rank 0's state is every rank's state, and that is what a checkpoint saves. With
+``storage.checkpoint_every_steps`` a checkpoint is also saved inside an epoch, and a restore
+resumes the data stream at the batch after it.
+
+MLflow gets an epoch only once a checkpoint holding it is durable, so a restart never redoes
+an epoch that MLflow already has: each metric has one value per step, the finished run's.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import time
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 
 from ltray.analysis.accuracy import accuracy_report
@@ -49,6 +58,15 @@ FAILURE_FILE = "failure.txt"
 
 class NonFiniteLoss(Exception):
     """Raised on every rank at once when the loss or gradients stop being finite."""
+
+
+def check_train_shares(num_rows: int, world_size: int, split: str) -> None:
+    """Refuse, before training, a split that would leave a rank without a training batch."""
+    if num_rows // world_size == 0:
+        raise LtrayError(
+            f"training split {split!r} has {num_rows} rows, fewer than scaling.num_workers="
+            f"{world_size}: a worker would get no training batch (use fewer workers)"
+        )
 
 
 class TrainModule(torch.nn.Module):
@@ -91,6 +109,7 @@ class Trainer:
                 f"model.num_classes is {job.model.num_classes}"
             )
         self.train_counts = self.manifest.class_counts(data.train_split)
+        check_train_shares(sum(self.train_counts), self.world, data.train_split)
         self.groups = shot_groups(self.train_counts, data.many_threshold, data.few_threshold)
         val = data.val_split or ("val" if self.manifest.has_split("val") else None)
         for split in (data.train_split, val or data.test_split, data.test_split):
@@ -126,6 +145,7 @@ class Trainer:
         )
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
+        self.resume: dict[str, Any] = {}  # a mid-epoch checkpoint's stream position and sums
         self.final: dict[str, float] = {}
 
     # --- set-up ------------------------------------------------------------------------------
@@ -152,6 +172,7 @@ class Trainer:
             world_size=self.world,
             seed=self.job.seed,
             shuffle=train,
+            equal_ranks=train,
             shuffle_buffer=data.shuffle_buffer,
             transform=build_transform(data.augment if train else "none", data.image_size, train),
             storage_options=data.storage_options,
@@ -160,11 +181,21 @@ class Trainer:
         )
 
     # --- checkpoints -------------------------------------------------------------------------
-    def state(self, epoch: int, final: dict[str, float] | None = None) -> dict[str, Any]:
+    def state(
+        self,
+        epoch: int,
+        final: dict[str, float] | None = None,
+        stream: dict[str, int] | None = None,
+        partial: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The checkpoint after finished epoch ``epoch``; ``stream`` and ``partial`` for one
+        inside the next epoch (see :mod:`ltray.train.checkpoint`)."""
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        workers = self.job.data.loader_workers
         return {
             "epoch": epoch,
-            "stream": {"epoch": epoch + 1, "batch": 0},
+            "stream": stream or {"epoch": epoch + 1, "batch": 0, "loader_workers": workers},
+            "partial": partial or {},
             "num_classes": self.num_classes,
             "model": self.model.state_dict(),
             "criterion": self.criterion.state_dict(),
@@ -183,7 +214,14 @@ class Trainer:
                 f"data set {redact_url(self.job.data.url)} has {self.num_classes}"
             )
         self.history = list(state["history"])
-        self.start_epoch = int(state["epoch"]) + 1
+        stream = state.get("stream") or {"epoch": int(state["epoch"]) + 1, "batch": 0}
+        self.start_epoch = int(stream["epoch"])
+        if int(stream["batch"]) > 0:
+            self.resume = {
+                "batch": int(stream["batch"]),
+                "loader_workers": int(stream["loader_workers"]),
+                "partial": dict(state["partial"]),
+            }
         self.final = dict(state["final"])
         if self.final:
             return  # a finished run: nothing to train, and its head may be a stage-2 head
@@ -196,53 +234,66 @@ class Trainer:
 
     # --- the epoch ---------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch of training, from the restored mid-epoch position if there is one."""
+        resume, self.resume = self.resume, {}
+        start_batch = resume.get("batch", 0)
+        # a resumed epoch keeps the loader workers it began with: the batch order depends on them
+        workers = resume.get("loader_workers", self.job.data.loader_workers)
         self.ddp.train()
         self.criterion.set_epoch(float(epoch))
         dataset = self._dataset(self.job.data.train_split, train=True)
-        dataset.set_epoch(epoch)
-        workers = self.job.data.loader_workers
+        dataset.set_epoch(epoch, start_batch)
         steps = dataset.num_batches(workers)
         cap = self.job.schedule.max_steps_per_epoch
-        steps_for_lr = min(steps, cap) if cap else steps
+        steps = min(steps, cap) if cap else steps
         check_every = self.job.schedule.log_every_steps
+        save_every = self.job.storage.checkpoint_every_steps
         device = self.placement.device
 
-        term_sums: dict[str, torch.Tensor] = {}
-        seen = torch.zeros((), device=device, dtype=torch.float64)
+        partial = resume.get("partial", {}) if self.rank == 0 else {}
+        # running sums; a mid-epoch checkpoint saves them summed over ranks, restored on rank 0
+        term_sums: dict[str, torch.Tensor] = {
+            k: torch.tensor(v, device=device, dtype=torch.float64)
+            for k, v in partial.get("terms", {}).items()
+        }
+        seen = torch.tensor(partial.get("seen", 0.0), device=device, dtype=torch.float64)
         bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        elapsed_before = float(resume.get("partial", {}).get("elapsed", 0.0))
         started = time.perf_counter()
-        joinables = [self.ddp] if self.distributed else []
-        with Join(joinables) if joinables else contextlib.nullcontext():
-            for step, batch in enumerate(make_loader(dataset, num_workers=workers)):
-                if cap is not None and step >= cap:
-                    break
-                per_step = 1.0 / max(steps_for_lr, 1)
-                lr = lr_at(epoch + (step + 1) * per_step, self.peak_lr, self.job.schedule)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                self.criterion.set_epoch(epoch + step * per_step)
-                images = self.normalize(batch["image"])
-                labels = batch["label"].to(device, non_blocking=True)
-                with self.placement.autocast():
-                    result = self.ddp(images, labels)
-                self.optimizer.zero_grad(set_to_none=True)
-                result.total.backward()
-                finite = self._gradients_finite() & torch.isfinite(result.total.detach())
-                bad_step = torch.where((bad_step < 0) & ~finite, step, bad_step)
-                self.optimizer.step()
-                self.criterion.after_step(self.model)
-                n = len(labels)
-                seen += n
-                for name, value in {"total": result.total, **result.terms}.items():
-                    term_sums[name] = term_sums.get(name, 0.0) + value.detach().double() * n
-                if (step + 1) % check_every == 0 and bad_step.item() >= 0:
-                    break  # this rank stops; Join keeps the others' collectives matched
-        elapsed = time.perf_counter() - started
+        loader = make_loader(dataset, num_workers=workers)
+        for step, batch in enumerate(loader, start=start_batch):
+            if step >= steps:
+                break
+            lr = lr_at(epoch + (step + 1) / steps, self.peak_lr, self.job.schedule)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.criterion.set_epoch(epoch + step / steps)
+            images = self.normalize(batch["image"])
+            labels = batch["label"].to(device, non_blocking=True)
+            with self.placement.autocast():
+                result = self.ddp(images, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            result.total.backward()
+            finite = self._gradients_finite() & torch.isfinite(result.total.detach())
+            bad_step = torch.where((bad_step < 0) & ~finite, step, bad_step)
+            self.optimizer.step()
+            self.criterion.after_step(self.model)
+            n = len(labels)
+            seen += n
+            for name, value in {"total": result.total, **result.terms}.items():
+                term_sums[name] = term_sums.get(name, 0.0) + value.detach().double() * n
+            done = step + 1
+            save = save_every is not None and done % save_every == 0 and done < steps
+            if done % check_every == 0 or save:
+                if self._first_bad_step(bad_step) is not None:
+                    break  # every rank stops here, so collectives stay matched
+            if save:
+                elapsed = elapsed_before + time.perf_counter() - started
+                self._save_mid_epoch(epoch, done, workers, seen, term_sums, elapsed)
+        elapsed = elapsed_before + time.perf_counter() - started
 
         self._raise_if_any_rank_diverged(epoch, bad_step)
-        sums = torch.stack([seen] + [term_sums[k] for k in sorted(term_sums)]).to(device)
-        if self.distributed:
-            dist.all_reduce(sums)
+        sums = self._summed(seen, term_sums)
         total_seen = max(sums[0].item(), 1.0)
         names = sorted(term_sums)
         losses = zip(names, sums[1:], strict=True)
@@ -252,6 +303,34 @@ class Trainer:
         metrics["train/epoch_s"] = elapsed
         return metrics
 
+    def _summed(self, seen: torch.Tensor, term_sums: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[seen, *term sums in name order], summed over ranks."""
+        sums = torch.stack([seen] + [term_sums[k] for k in sorted(term_sums)])
+        sums = sums.to(self.placement.device)
+        if self.distributed:
+            dist.all_reduce(sums)
+        return sums
+
+    def _save_mid_epoch(
+        self,
+        epoch: int,
+        batch: int,
+        workers: int,
+        seen: torch.Tensor,
+        term_sums: dict[str, torch.Tensor],
+        elapsed: float,
+    ) -> None:
+        """Checkpoint after ``batch`` batches of ``epoch`` (every rank calls it: it reduces)."""
+        sums = self._summed(seen, term_sums).tolist()
+        partial = {
+            "seen": sums[0],
+            "terms": dict(zip(sorted(term_sums), sums[1:], strict=True)),
+            "elapsed": elapsed,
+        }
+        stream = {"epoch": epoch, "batch": batch, "loader_workers": workers}
+        state = self.state(epoch - 1, stream=stream, partial=partial)
+        self.session.report({"stream/epoch": float(epoch), "stream/batch": float(batch)}, state)
+
     def _gradients_finite(self) -> torch.Tensor:
         grads = [p.grad for p in self.module.parameters() if p.grad is not None]
         if not grads:
@@ -259,12 +338,17 @@ class Trainer:
         norms = torch._foreach_norm(grads)
         return torch.isfinite(torch.stack(norms).sum())
 
-    def _raise_if_any_rank_diverged(self, epoch: int, bad_step: torch.Tensor) -> None:
+    def _first_bad_step(self, bad_step: torch.Tensor) -> int | None:
+        """The first step at which any rank saw a non-finite loss or gradient (collective)."""
         flag = torch.where(bad_step >= 0, bad_step, torch.iinfo(torch.long).max).reshape(1)
         if self.distributed:
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         first = int(flag.item())
-        if first != torch.iinfo(torch.long).max:
+        return None if first == torch.iinfo(torch.long).max else first
+
+    def _raise_if_any_rank_diverged(self, epoch: int, bad_step: torch.Tensor) -> None:
+        first = self._first_bad_step(bad_step)
+        if first is not None:
             raise NonFiniteLoss(
                 f"loss or gradients became non-finite at epoch {epoch} step {first}; "
                 f"the last good checkpoint is kept (lower optim.lr or check the data)"
@@ -367,17 +451,20 @@ class Trainer:
         state = self.session.latest_state()
         if state is not None:
             self.restore(state)
-        if self.final:
-            if self.rank == 0:
-                note = f"[ltray] run {self.run_name} already finished; start fresh to rerun it"
-                self.session.say(note)
-            self.session.report(self.final, None)
-            return self.final
         fresh = self.fresh and state is None
         nodes = worker_nodes(self.session, self.distributed)
         params = run_params(self.job, self.run_name, self.world, self.peak_lr)
         self.tracker.start(self.run_name, params, run_tags(self.job, nodes), fresh=fresh)
         self.tracker.fill_missing(self.history)
+        if state is not None and not self.final:
+            self._announce_resume()
+        if self.final:  # the final metrics and model were logged before this checkpoint
+            if self.rank == 0:
+                note = f"[ltray] run {self.run_name} already finished; start fresh to rerun it"
+                self.session.say(note)
+            self.session.report(self.final, None)
+            self.tracker.finish()
+            return self.final
 
         for epoch in range(self.start_epoch, self.job.schedule.epochs):
             train_metrics = self.train_epoch(epoch)
@@ -386,7 +473,8 @@ class Trainer:
             due = (epoch + 1) % self.job.storage.checkpoint_every == 0
             last = epoch == self.job.schedule.epochs - 1
             self.session.report(record, self.state(epoch) if due or last else None)
-            self.tracker.log_epoch(epoch, {k: v for k, v in record.items() if k != "epoch"})
+            if due or last:  # the checkpoint holding these epochs is durable: log them
+                self.tracker.fill_missing(self.history)
             if decomposition is not None:
                 self.tracker.log_json(f"decomposition/epoch_{epoch:04d}.json", decomposition)
             if self.rank == 0:
@@ -399,13 +487,20 @@ class Trainer:
         final.update(test_metrics)
         if self.job.schedule.select_by:
             final.update(self._selected())
+        # logged before the last checkpoint, once: a restart after that checkpoint logs
+        # nothing more, a restart before it recomputes the same numbers and skips them
+        model = self._predictor if self.job.tracking.log_model else None
+        self.tracker.log_final(self.job.schedule.epochs, final, model)
         self.session.report(final, self.state(self.job.schedule.epochs - 1, final))
-        self.tracker.log_metrics(self.job.schedule.epochs, final)
-        self.tracker.log_json("final_metrics.json", final)
-        if self.job.tracking.log_model:
-            self._log_model()
         self.tracker.finish()
         return final
+
+    def _announce_resume(self) -> None:
+        """Say where the run resumes, and tag its MLflow run with it."""
+        where = f"epoch {self.start_epoch} batch {self.resume.get('batch', 0)}"
+        self.tracker.set_tags({"ltray.resumed_at": where})
+        if self.rank == 0:
+            self.session.say(f"[ltray] run {self.run_name} resumes from its checkpoint at {where}")
 
     def _selected(self) -> dict[str, float]:
         key = self.job.schedule.select_by
@@ -415,12 +510,13 @@ class Trainer:
         best = max(scored, key=lambda r: r[key])
         return {"selected/epoch": best["epoch"], f"selected/{key}": best[key]}
 
-    def _log_model(self) -> None:
+    def _predictor(self) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+        """The model MLflow serves (a copy on the CPU), an input example and its contract."""
         size = self.job.data.image_size
         example = torch.zeros(2, 3, size, size)
         predictor = Predictor(self.model, self.criterion, self.job.data.mean, self.job.data.std)
         contract = model_contract(self.job, self.manifest.classes, self.criterion.output_kind)
-        self.tracker.log_model(predictor.cpu().eval(), example.numpy(), contract)
+        return copy.deepcopy(predictor).cpu().eval(), example.numpy(), contract
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

@@ -130,3 +130,51 @@ def test_batch_ids_are_canonical_positions():
     plans = [order.plan_worker(LAYOUT, num_workers=3, worker=w, **_kw()) for w in range(3)]
     ids = sorted(i for p in plans for i in p.batch_ids)
     assert ids == list(range(len(ids)))
+
+
+@pytest.mark.parametrize(
+    ("n", "world", "batch"),
+    [  # n >= world: with fewer rows than ranks the trainer refuses the run
+        (n, w, b)
+        for n, w, b in itertools.product([1, 2, 7, 31, 64, 101], [1, 2, 3, 4, 8], [1, 3, 8, 50])
+        if n >= w
+    ],
+)
+def test_equal_ranks_take_the_same_steps_on_the_same_batch_sizes(n, world, batch):
+    """Training's partition: every rank the same floor(N / W) rows, so the same batch count
+    and batch sizes (one lr per step, no Join); at most W - 1 rows left out, never one twice."""
+    layout = [[n // 2, n - n // 2]] if n > 1 else [[1]]
+    seen: list[int] = []
+    shapes = []
+    for rank in range(world):
+        for workers in (1, 2, 3):
+            kw = _kw(rank=rank, world_size=world, batch_size=batch, shuffle_buffer=5)
+            full = order.epoch_batches(layout, num_workers=workers, equal_ranks=True, **kw)
+            shapes.append([len(b) for b in full])
+            for start in (0, len(full) // 2, len(full)):
+                tail = order.epoch_batches(
+                    layout, num_workers=workers, equal_ranks=True, start_batch=start, **kw
+                )
+                assert [t.tolist() for t in tail] == [f.tolist() for f in full[start:]]
+        seen += [r for b in full for r in b.tolist()]
+    assert all(s == shapes[0] for s in shapes)
+    assert sum(shapes[0]) == n // world and len(shapes[0]) == -(-(n // world) // batch)
+    assert len(seen) == len(set(seen)) == world * (n // world) and n - len(seen) < world
+
+
+def test_equal_ranks_leave_out_other_rows_each_epoch():
+    def left_out(epoch):
+        kw = _kw(world_size=4, batch_size=4, epoch=epoch)
+        rows = {
+            r
+            for rank in range(4)
+            for b in order.epoch_batches(
+                [[1] * 31], num_workers=2, equal_ranks=True, **{**kw, "rank": rank}
+            )
+            for r in b.tolist()
+        }
+        return set(range(31)) - rows
+
+    dropped = [left_out(epoch) for epoch in range(6)]
+    assert all(len(d) == 3 for d in dropped)
+    assert len({frozenset(d) for d in dropped}) > 1

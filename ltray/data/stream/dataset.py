@@ -175,7 +175,8 @@ class StreamingImageDataset(IterableDataset):
     bytes instead (for benchmarks of the streaming path alone).
 
     The rank's batch count may differ from another rank's by one (row stretches differ by at
-    most one row); ``drop_last=True`` gives every rank the same number of full batches.
+    most one row); ``drop_last=True`` gives every rank the same number of full batches, and
+    ``equal_ranks=True`` (training) the same floor(N / W) rows (see :mod:`partition`).
     """
 
     def __init__(
@@ -193,6 +194,7 @@ class StreamingImageDataset(IterableDataset):
         storage_options: StorageOptions = None,
         verify_sha256: bool = False,
         drop_last: bool = False,
+        equal_ranks: bool = False,
         decode: bool = True,
         manifest: Manifest | None = None,
     ) -> None:
@@ -222,6 +224,7 @@ class StreamingImageDataset(IterableDataset):
         self.transform = transform
         self.verify_sha256 = verify_sha256
         self.drop_last = drop_last
+        self.equal_ranks = equal_ranks
         self.decode = decode
         self.epoch = 0
         self.start_batch = 0
@@ -238,7 +241,12 @@ class StreamingImageDataset(IterableDataset):
         if num_workers < 0:
             raise LtrayError(f"num_workers must be >= 0, got {num_workers}")
         start, stop = partition.rank_rows(
-            self.num_rows, self.rank, self.world_size, self.batch_size, self.drop_last
+            self.num_rows,
+            self.rank,
+            self.world_size,
+            self.batch_size,
+            self.drop_last,
+            self.equal_ranks,
         )
         return partition.num_batches(stop - start, self.batch_size)
 
@@ -256,6 +264,7 @@ class StreamingImageDataset(IterableDataset):
             shuffle=self.shuffle,
             shuffle_buffer=self.shuffle_buffer,
             drop_last=self.drop_last,
+            equal_ranks=self.equal_ranks,
             start_batch=self.start_batch,
         )
 
@@ -372,6 +381,9 @@ def make_loader(
 
     Workers are not persistent: each epoch forks them afresh with the dataset's current
     epoch and start batch (set_epoch before iterating). Resuming needs the same num_workers.
+    The loader draws its workers' base seed from a generator of its own, never from torch's
+    global one: the dataset seeds its own randomness, and a loader made on resume must not
+    shift the global generator that model-side randomness (dropout) uses.
     """
     if num_workers < 0:
         raise LtrayError(f"num_workers must be >= 0, got {num_workers}")
@@ -388,5 +400,6 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(0),
         **extra,
     )

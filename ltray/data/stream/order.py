@@ -174,12 +174,13 @@ def plan_worker(
     shuffle: bool = True,
     shuffle_buffer: int = 8192,
     drop_last: bool = False,
+    equal_ranks: bool = False,
     start_batch: int = 0,
 ) -> WorkerPlan:
     """The batches physical ``worker`` yields (see the module docstring)."""
     units = units_of(row_groups)
     rank_start, rank_stop = partition.rank_rows(
-        units.num_rows, rank, world_size, batch_size, drop_last
+        units.num_rows, rank, world_size, batch_size, drop_last, equal_ranks
     )
     n_rank = rank_stop - rank_start
     spans = partition.worker_batches(partition.num_batches(n_rank, batch_size), num_workers)
