@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from ltray.errors import LtrayError
 from ltray.secrets import public_url, redact_url, scrub, url_credentials
 
 RUN_NAME_TAG = "ltray.run_name"
+SUPERSEDED = "@superseded"
 FINAL_TAG = "ltray.final_logged"  # "metrics", then "model": what of the final step is logged
 EPOCH_METRIC = "epoch"
 MAX_PARAM_LENGTH = 6000
@@ -117,7 +119,11 @@ class NullTracker:
 
     def log_model(self, model: Any, example: Any, contract: dict[str, Any]) -> None: ...
 
-    def log_final(self, step: int, metrics: dict[str, float], model: Any = None) -> None: ...
+    def log_final(
+        self, step: int, metrics: dict[str, float], model: Any = None, already_logged: Any = ()
+    ) -> None: ...
+
+    def log_dataset(self, url: str, name: str, digest: str, context: str = "training") -> None: ...
 
     def set_tags(self, tags: dict[str, str]) -> None: ...
 
@@ -155,15 +161,21 @@ class MlflowTracker:
         self, run_name: str, params: dict[str, Any], tags: dict[str, str], fresh: bool = False
     ) -> None:
         """Start the run, or continue the one this job logged to before. ``fresh`` keeps the old
-        run but moves its name tag aside, so the next resume finds the new one."""
+        run but moves its name tag aside, so the next resume finds the new one, and names the
+        new one visibly apart in the UI: ``NAME-fresh1``, ``NAME-fresh2``, ..."""
         experiment_id = self._experiment_id()
         self.run_id = self._find_run(experiment_id, run_name)
+        shown = run_name
         if fresh and self.run_id is not None:
-            self.client.set_tag(self.run_id, RUN_NAME_TAG, f"{run_name}@superseded")
+            self.client.set_tag(self.run_id, RUN_NAME_TAG, f"{run_name}{SUPERSEDED}")
             self.run_id = None
+            superseded = self.client.search_runs(
+                [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}{SUPERSEDED}'"
+            )
+            shown = f"{run_name}-fresh{len(superseded)}"
         if self.run_id is None:
             run = self.client.create_run(
-                experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags}
+                experiment_id, run_name=shown, tags={RUN_NAME_TAG: run_name, **tags}
             )
             self.run_id = run.info.run_id
         else:
@@ -171,6 +183,16 @@ class MlflowTracker:
             self.set_tags(tags)
         self._log_new_params(params)
         self._logged = self.logged_epochs()
+
+    def recorded_identity(self, run_name: str, tag: str) -> tuple[str, dict[str, Any]] | None:
+        """(run id, the identity recorded in its tag ``tag``; {} if none) of the run this job
+        would continue, or None when there is no such run."""
+        found = self.client.get_experiment_by_name(self.experiment)
+        run_id = self._find_run(found.experiment_id, run_name) if found else None
+        if run_id is None:
+            return None
+        recorded = self.client.get_run(run_id).data.tags.get(tag)
+        return run_id, json.loads(recorded) if recorded else {}
 
     def _log_new_params(self, params: dict[str, Any]) -> None:
         """MLflow refuses to change a logged param; on resume only new keys are added."""
@@ -181,6 +203,26 @@ class MlflowTracker:
         items = [self.mlflow.entities.Param(metric_key(k), v) for k, v in fresh.items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_dataset(self, url: str, name: str, digest: str, context: str = "training") -> None:
+        """The data set as an MLflow dataset input (source URL, name, the manifest's
+        fingerprint as digest), once per run; the UI lists it with the run."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
+
+        if self.client.get_run(self.run_id).inputs.dataset_inputs:
+            return
+        try:
+            with warnings.catch_warnings():  # MLflow registers its local source type twice
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(url)
+        except MlflowException:  # a scheme MLflow has no source type for (memory://, ...)
+            return
+        dataset = MetaDataset(source=source, name=name, digest=digest[:36] or None)
+        tags = [InputTag(key="mlflow.data.context", value=context)]
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), tags)])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():
@@ -253,14 +295,17 @@ class MlflowTracker:
         step: int,
         metrics: dict[str, float],
         model: Callable[[], tuple[Any, Any, dict[str, Any]]] | None = None,
+        already_logged: Iterable[str] = (),
     ) -> None:
         """The final metrics (at ``step``), ``final_metrics.json`` and, when ``model`` is given
         (a function returning the model, an input example and its contract), the model: each
-        once. The tag ``ltray.final_logged`` records what is done, so a run restarted between
-        these logs and its last checkpoint does not log them twice."""
+        once; metrics named in ``already_logged`` (the last epoch's own) are not logged again.
+        The tag ``ltray.final_logged`` records what is done, so a run restarted between these
+        logs and its last checkpoint does not log them twice."""
         done = self.client.get_run(self.run_id).data.tags.get(FINAL_TAG, "")
         if done not in ("metrics", "model"):
-            self.log_metrics(step, metrics)
+            skip = set(already_logged)
+            self.log_metrics(step, {k: v for k, v in metrics.items() if k not in skip})
             self.log_json("final_metrics.json", metrics)
             self.client.set_tag(self.run_id, FINAL_TAG, "metrics")
         if model is not None and done != "model":

@@ -70,7 +70,7 @@ def test_config_prints_every_key_with_its_value_default_and_description(tmp_path
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].startswith(f"# {job} resolved; run name t-")
+    assert lines[0] == f"# {job} with its overrides; auto values are resolved where it runs"
     stack, seen = [], {}
     for line in lines[1:]:  # rebuild dotted keys from the indentation
         depth = (len(line) - len(line.lstrip())) // 2

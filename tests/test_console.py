@@ -25,7 +25,7 @@ LINE_SHAPES = {
     "epoch": r"\[ltray\] epoch (?P<epoch>\d+): train/loss_total=[\d.]+ test/acc=[\d.]+ "
     r"test/acc_many=[\d.]+ test/acc_medium=[\d.]+ test/acc_few=[\d.]+ \(\d+ img/s\)",
     "result": r"\[ltray\] run (?P<run>demo-[0-9a-f]+): (?P<metrics>\{.*\})",
-    "mlflow": r"\[ltray\] look at it in the MLflow UI:",
+    "mlflow": r"\[ltray\] MLflow run [0-9a-f]{32} \(experiment demo\); look at it with:",
     "mlflow_ui": r"    mlflow ui --backend-store-uri sqlite:///ltray-demo/mlflow\.db",
 }
 LOG_SUFFIXES = {".log", ".out", ".err"}

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from ltray.cli.console import Verbose, exit_on_error, quiet_unless
+from ltray.cli.train import where_to_look
 from ltray.config import JobConfig, load_job
 from ltray.data import read_manifest
 from ltray.data.prepare import prepare, sources
@@ -66,6 +67,5 @@ def run_demo(job: JobConfig, *, local: bool = False) -> None:
     accuracy = {k: round(v, 2) for k, v in result.metrics.items() if k.startswith("test/acc")}
     accuracy = {k: v for k, v in accuracy.items() if "/acc_class/" not in k}
     print(f"[ltray] run {result.run_name}: {accuracy}")
-    if job.tracking.enabled:
-        print("[ltray] look at it in the MLflow UI:")
-        print(f"    mlflow ui --backend-store-uri {redact_url(job.tracking.uri)}")
+    for line in where_to_look(job, result.mlflow_run_id):
+        print(f"[ltray] {line}" if not line.startswith(" ") else line)

@@ -28,7 +28,7 @@ def config(
 
     with exit_on_error():
         job = load_job(job_file, overrides or [])
-    typer.echo(f"# {job_file} resolved; run name {job.run_name()}")
+    typer.echo(f"# {job_file} with its overrides; auto values are resolved where it runs")
     typer.echo("\n".join(describe(job)))
 
 

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from ltray.cli.console import Verbose, exit_on_error, quiet_unless
+from ltray.config import JobConfig
+from ltray.secrets import public_url
 
 
 def train(
@@ -34,6 +36,8 @@ def train(
         with quiet_unless(verbose):
             result = run_job(job, local=local, fresh=fresh)
     print_final(result.run_name, result.metrics)
+    for line in where_to_look(job, result.mlflow_run_id):
+        print(line)
 
 
 def print_final(run_name: str, final: dict[str, float]) -> None:
@@ -42,3 +46,14 @@ def print_final(run_name: str, final: dict[str, float]) -> None:
     for key in sorted(shown):
         value = shown[key]
         print(f"  {key}: {value:.2f}" if isinstance(value, float) else f"  {key}: {value}")
+
+
+def where_to_look(job: JobConfig, run_id: str | None) -> list[str]:
+    """The MLflow run and how to open it: ``mlflow ui`` on a local store, the server's URL."""
+    if not job.tracking.enabled or run_id is None:
+        return []
+    uri = public_url(job.tracking.uri)
+    lines = [f"MLflow run {run_id} (experiment {job.tracking.experiment}); look at it with:"]
+    if uri.startswith(("http://", "https://")):
+        return [*lines, f"    open {uri}"]
+    return [*lines, f"    mlflow ui --backend-store-uri {uri}"]

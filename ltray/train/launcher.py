@@ -11,13 +11,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltray.config import JobConfig
-from ltray.data import read_manifest
+from ltray.config import JobConfig, ScalingConfig
+from ltray.data import Manifest, read_manifest
 from ltray.errors import LtrayError
 from ltray.logs import link_ray_logs, ray_init_options
 from ltray.losses import head_for
 from ltray.secrets import scrub, split_secrets
-from ltray.tracking import check_reachable, create_sqlite_folder, resolve_tracking_uri
+from ltray.tracking import (
+    MlflowTracker,
+    check_reachable,
+    create_sqlite_folder,
+    resolve_tracking_uri,
+)
+from ltray.train.device import wants_gpu
+from ltray.train.run_identity import (
+    IDENTITY_TAG,
+    RunIdentity,
+    claim_checkpoint_folder,
+    has_checkpoints,
+    identity_of,
+    refuse_if_different,
+    resolve_job,
+)
 from ltray.train.storage import Storage
 from ltray.train.trainer import FAILURE_FILE, check_train_shares, train_loop_per_worker
 
@@ -46,7 +61,7 @@ def absolutize(job: JobConfig) -> JobConfig:
     return job.model_copy(update=update)
 
 
-def preflight(job: JobConfig, local: bool = False) -> None:
+def preflight(job: JobConfig, local: bool = False) -> Manifest:
     """Fail before any worker starts: unreadable data set, unwritable storage, unreachable
     tracking server, a split too small for the workers. Each error names the culprit."""
     head_for(job.loss, job.model)
@@ -59,22 +74,41 @@ def preflight(job: JobConfig, local: bool = False) -> None:
     if job.tracking.enabled:
         create_sqlite_folder(job.tracking.uri)
         check_reachable(job.tracking.uri)
+    return manifest
 
 
 @dataclass(frozen=True)
 class RunResult:
     run_name: str
     metrics: dict[str, float]
+    mlflow_run_id: str | None = None
 
 
 def run_job(job: JobConfig, *, local: bool = False, fresh: bool = False) -> RunResult:
-    """Train one job to the end (resuming its last checkpoint unless ``fresh``)."""
+    """Train one job to the end (resuming its last checkpoint unless ``fresh``).
+
+    Everything that can be checked before a worker starts is: the inputs (:func:`preflight`),
+    whether the cluster can ever hold the workers, and whether the run's checkpoint folder and
+    MLflow run belong to this very training (:mod:`ltray.train.run_identity`). A run that
+    fails or is interrupted before its first checkpoint leaves no run folder behind.
+    """
     job = absolutize(job)
-    preflight(job, local)
-    run_name = job.run_name()
+    manifest = preflight(job, local)
+    if local:
+        use_gpu, world_size = wants_gpu(job.scaling), 1
+    else:
+        _ray_init()
+        use_gpu, world_size = _use_gpu(job), job.scaling.num_workers
+        check_cluster_fits(job.scaling, use_gpu)
+    job = resolve_job(job, world_size=world_size, use_gpu=use_gpu, num_classes=manifest.num_classes)
+    identity = identity_of(job)
+    run_name = identity.run_name
     storage = Storage(job.storage.url, job.storage.storage_options)
     if fresh and storage.exists(run_name):
         storage.remove(run_name)
+    if not fresh:
+        _refuse_another_trainings_mlflow_run(job, identity)
+    claim_checkpoint_folder(storage, identity)
     public, secrets = split_secrets(job.model_dump(mode="json"))
     config: dict[str, Any] = {
         "job": public,
@@ -83,10 +117,77 @@ def run_job(job: JobConfig, *, local: bool = False, fresh: bool = False) -> RunR
         "local": local,
         "fresh": fresh,
     }
-    if local:
-        train_loop_per_worker(config)
-        return RunResult(run_name, config["result"])
-    return RunResult(run_name, _run_on_ray(job, config, storage))
+    try:
+        if local:
+            train_loop_per_worker(config)
+            metrics = config["result"]
+        else:
+            metrics = _run_on_ray(job, config, storage)
+    except BaseException:
+        _remove_if_unstarted(storage, run_name)
+        raise
+    return RunResult(run_name, metrics, _mlflow_run_id(job, run_name))
+
+
+def _refuse_another_trainings_mlflow_run(job: JobConfig, identity: RunIdentity) -> None:
+    if not job.tracking.enabled:
+        return
+    tracker = MlflowTracker(job.tracking.uri, job.tracking.experiment)
+    found = tracker.recorded_identity(identity.run_name, IDENTITY_TAG)
+    if found is not None:
+        run_id, recorded = found
+        refuse_if_different(identity, recorded, f"MLflow run {run_id}")
+
+
+def _mlflow_run_id(job: JobConfig, run_name: str) -> str | None:
+    if not job.tracking.enabled:
+        return None
+    found = MlflowTracker(job.tracking.uri, job.tracking.experiment).recorded_identity(
+        run_name, IDENTITY_TAG
+    )
+    return found[0] if found else None
+
+
+def _remove_if_unstarted(storage: Storage, run_name: str) -> None:
+    """After a failure or Ctrl-C: a run folder without a single checkpoint holds nothing worth
+    keeping (Ray's start-up files, the identity record), so it goes."""
+    try:
+        if not has_checkpoints(storage, run_name):
+            storage.remove(run_name)
+    except LtrayError:
+        pass  # storage unreachable: the original error is the one to report
+
+
+def check_cluster_fits(scaling: ScalingConfig, use_gpu: bool) -> None:
+    """Refuse, in seconds, a job the cluster can never hold (Ray would wait for the workers and
+    then time out): each worker needs ``cpus_per_worker`` CPUs, and a GPU when ``use_gpu``, on
+    one node; the placement strategy decides how workers may share nodes."""
+    import ray
+
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    room = []
+    for resources in nodes:
+        fits = int(resources.get("CPU", 0) // scaling.cpus_per_worker)
+        if use_gpu:
+            fits = min(fits, int(resources.get("GPU", 0)))
+        room.append(fits)
+    strategy = scaling.placement_strategy
+    if strategy == "STRICT_SPREAD":
+        capacity = sum(1 for fits in room if fits > 0)
+    elif strategy == "STRICT_PACK":
+        capacity = max(room, default=0)
+    else:
+        capacity = sum(room)
+    if capacity >= scaling.num_workers:
+        return
+    cpus = sum(resources.get("CPU", 0) for resources in nodes)
+    gpus = sum(resources.get("GPU", 0) for resources in nodes)
+    each = f"{scaling.cpus_per_worker:g} CPU" + (" + 1 GPU" if use_gpu else "")
+    raise LtrayError(
+        f"scaling asks for {scaling.num_workers} workers of {each} each ({strategy}); the "
+        f"cluster has {cpus:g} CPUs and {gpus:g} GPUs on {len(nodes)} node(s), room for "
+        f"{capacity}: lower scaling.num_workers or scaling.cpus_per_worker"
+    )
 
 
 def _ray_init() -> None:

@@ -12,6 +12,7 @@ import torch.distributed as dist
 from ltray.config import JobConfig, flatten
 from ltray.secrets import public_url, redact
 from ltray.train.provenance import ltray_commit, ltray_version
+from ltray.train.run_identity import IDENTITY_TAG, identity_of
 from ltray.train.session import Session, say  # noqa: F401 (say: re-exported)
 
 
@@ -31,12 +32,16 @@ def worker_nodes(session: Session, distributed: bool) -> str:
     return ",".join(f"{rank}@{node}" for rank, node in enumerate(nodes))
 
 
-def run_tags(job: JobConfig, nodes: str) -> dict[str, str]:
+def run_tags(job: JobConfig, nodes: str, data_fingerprint: str) -> dict[str, str]:
+    """Where the run ran and what it is: data set (URL without credentials, and the manifest's
+    fingerprint), method, architecture, its identity, ltray's commit and version."""
     return {
+        "ltray.dataset.fingerprint": data_fingerprint,
         "ltray.worker_nodes": nodes,
         "ltray.dataset": public_url(job.data.url).split("?")[0],
         "ltray.method": job.loss.name,
         "ltray.arch": job.model.arch,
+        IDENTITY_TAG: identity_of(job).as_json(),
         "mlflow.source.git.commit": ltray_commit(),
         "ltray.version": ltray_version(),
     }

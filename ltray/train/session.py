@@ -24,6 +24,8 @@ from ltray.logs import from_ltray
 from ltray.train.checkpoint import CHECKPOINT_FILE, load_state, save_state
 from ltray.train.storage import Storage
 
+LOCAL_FOLDER = "local"  # a --local run's checkpoints: RUN/local/checkpoint_*
+
 
 class Session(Protocol):
     rank: int
@@ -66,7 +68,7 @@ class LocalSession:
 
     def __init__(self, storage: Storage, run_name: str, keep: int) -> None:
         self.storage = storage
-        self.folder = f"{run_name}/local"
+        self.folder = f"{run_name}/{LOCAL_FOLDER}"
         self.keep = keep
 
     def _checkpoints(self) -> list[str]:

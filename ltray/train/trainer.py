@@ -36,11 +36,12 @@ from ltray.data.stream.transforms import build_transform
 from ltray.errors import LtrayError
 from ltray.losses import build_loss, head_for
 from ltray.models import build_model
-from ltray.secrets import join_secrets, redact_url
+from ltray.secrets import join_secrets, public_url, redact_url
 from ltray.tracking import make_tracker
 from ltray.train.decoupled import balanced_subset, run_decoupled
 from ltray.train.device import Normalizer, Placement, wants_gpu
 from ltray.train.evaluate import EvalCounts, evaluate
+from ltray.train.run_identity import check_class_count
 from ltray.train.run_info import (
     Predictor,
     model_contract,
@@ -103,11 +104,7 @@ class Trainer:
         data = job.data
         self.manifest = read_manifest(data.url, storage_options=data.storage_options)
         self.num_classes = self.manifest.num_classes
-        if job.model.num_classes is not None and job.model.num_classes != self.num_classes:
-            raise LtrayError(
-                f"data set {redact_url(data.url)} has {self.num_classes} classes but "
-                f"model.num_classes is {job.model.num_classes}"
-            )
+        check_class_count(job, self.num_classes)
         self.train_counts = self.manifest.class_counts(data.train_split)
         check_train_shares(sum(self.train_counts), self.world, data.train_split)
         self.groups = shot_groups(self.train_counts, data.many_threshold, data.few_threshold)
@@ -454,7 +451,10 @@ class Trainer:
         fresh = self.fresh and state is None
         nodes = worker_nodes(self.session, self.distributed)
         params = run_params(self.job, self.run_name, self.world, self.peak_lr)
-        self.tracker.start(self.run_name, params, run_tags(self.job, nodes), fresh=fresh)
+        tags = run_tags(self.job, nodes, self.manifest.fingerprint)
+        self.tracker.start(self.run_name, params, tags, fresh=fresh)
+        url = public_url(self.job.data.url)
+        self.tracker.log_dataset(url, url.rstrip("/").rsplit("/", 1)[-1], self.manifest.fingerprint)
         self.tracker.fill_missing(self.history)
         if state is not None and not self.final:
             self._announce_resume()
@@ -480,20 +480,36 @@ class Trainer:
             if self.rank == 0:
                 self.session.say(progress_line(record, self.eval_prefix))
 
-        final: dict[str, float] = {}
-        if self.job.loss.is_decoupled:
-            final.update(self.run_stage2())
-        test_metrics, _ = self.evaluate_split(self.job.data.test_split, "test")
-        final.update(test_metrics)
-        if self.job.schedule.select_by:
-            final.update(self._selected())
+        final, step, already_logged = self._final_metrics()
         # logged before the last checkpoint, once: a restart after that checkpoint logs
         # nothing more, a restart before it recomputes the same numbers and skips them
         model = self._predictor if self.job.tracking.log_model else None
-        self.tracker.log_final(self.job.schedule.epochs, final, model)
+        self.tracker.log_final(step, final, model, already_logged)
         self.session.report(final, self.state(self.job.schedule.epochs - 1, final))
         self.tracker.finish()
         return final
+
+    def _final_metrics(self) -> tuple[dict[str, float], int, set[str]]:
+        """(the final metrics, the step they belong to, those the last epoch logged already).
+
+        They belong to the last epoch, unless a second stage ran after it (step = epochs).
+        Where the last epoch was evaluated on test (no val split) and nothing ran since, its
+        test metrics are the final ones: not evaluated again, not logged a second time.
+        """
+        last_epoch = self.job.schedule.epochs - 1
+        last = self.history[-1] if self.history else {}
+        final: dict[str, float] = {}
+        if self.job.loss.is_decoupled:
+            final.update(self.run_stage2())
+        if not self.job.loss.is_decoupled and self.eval_prefix == "test" and "test/acc" in last:
+            final.update({k: v for k, v in last.items() if k.startswith("test/")})
+        else:
+            final.update(self.evaluate_split(self.job.data.test_split, "test")[0])
+        if self.job.schedule.select_by:
+            final.update(self._selected())
+        if self.job.loss.is_decoupled:
+            return final, last_epoch + 1, set()
+        return final, last_epoch, {k for k in final if k in last}
 
     def _announce_resume(self) -> None:
         """Say where the run resumes, and tag its MLflow run with it."""

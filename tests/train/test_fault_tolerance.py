@@ -21,10 +21,9 @@ import pytest
 import torch
 import yaml
 from processes import command_line, descendants, ltray_executable, wait_for
-from train_support import assert_logged_as_finished, logged_metrics, make_job
+from train_support import assert_logged_as_finished, cpu_run_name, logged_metrics, make_job
 
 from ltray.train.checkpoint import CHECKPOINT_FILE, load_state
-from ltray.train.launcher import absolutize
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +51,7 @@ def start_training(job_file: Path) -> subprocess.Popen:
 
 
 def run_folder(job) -> Path:
-    return Path(job.storage.url) / absolutize(job).run_name()
+    return Path(job.storage.url) / cpu_run_name(job, local=False)
 
 
 def final_state(job) -> dict:

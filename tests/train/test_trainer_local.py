@@ -8,19 +8,21 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from train_support import make_job
+from train_support import cpu_run_name, make_job
 
 from ltray.data import read_manifest
 from ltray.errors import LtrayError
 from ltray.models import build_model
 from ltray.train import trainer as trainer_module
-from ltray.train.launcher import absolutize, run_job
+from ltray.train.launcher import run_job
 from ltray.train.session import LocalSession
 from ltray.train.storage import Storage
 
 
 def final_state(job):
-    return LocalSession(Storage(job.storage.url), absolutize(job).run_name(), keep=2).latest_state()
+    return LocalSession(
+        Storage(job.storage.url), cpu_run_name(job, local=True), keep=2
+    ).latest_state()
 
 
 def mlflow_run(job):
@@ -44,7 +46,9 @@ def test_local_run_logs_every_epoch_and_the_model(tiny_data, tmp_path):
     assert run.info.artifact_uri.startswith(f"{tmp_path}/mlartifacts/")
     assert "decomp/angle_min_deg" in run.data.metrics
     # no validation split in this data set: per-epoch evaluation runs on test, named so
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == [0, 1, 2, 3]
+    # the final test metrics are the last epoch's: not logged a second time at step = epochs
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == [0, 1, 2]
+    assert client.get_metric_history(run.info.run_id, "test/acc")[-1].value == final["test/acc"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "decomposition")}
     assert "decomposition/epoch_0002.json" in artifacts
     saved = client.download_artifacts(run.info.run_id, "decomposition/epoch_0002.json", tmp_path)
