@@ -21,8 +21,10 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -182,3 +184,33 @@ _METHODS: dict[str, Callable[..., tuple[nn.Module, dict]]] = {
     "tau_norm": _tau_norm,
 }
 assert tuple(_METHODS) == DECOUPLED_METHODS
+
+
+@torch.no_grad()
+def collect_features(
+    model: nn.Module,
+    batches: Iterator[dict[str, Tensor]],
+    normalize: Callable[[Tensor], Tensor],
+    placement: Any,
+    max_batches: int | None,
+    world_size: int,
+) -> tuple[Tensor, Tensor]:
+    """The frozen backbone's features and labels of this rank's share of a split, gathered
+    from every rank (``world_size`` > 1), on the CPU in fp32."""
+    model.eval()
+    feats, labels = [], []
+    for i, batch in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        with placement.autocast():
+            out = model(normalize(batch["image"]))
+        feats.append(out.features.float().cpu())
+        labels.append(batch["label"])
+    features = torch.cat(feats) if feats else torch.empty(0, model.feature_dim)
+    label_t = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+    if world_size > 1:
+        gathered: list[Any] = [None] * world_size
+        dist.all_gather_object(gathered, (features, label_t))
+        features = torch.cat([g[0] for g in gathered])
+        label_t = torch.cat([g[1] for g in gathered])
+    return features, label_t

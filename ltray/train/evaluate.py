@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ltray.analysis.decomposition import DecompositionAccumulator
+from ltray.analysis.accuracy import accuracy_report
+from ltray.analysis.decomposition import DecompositionAccumulator, summarize_decomposition
 from ltray.train.device import Normalizer, Placement
 
 
@@ -37,6 +39,36 @@ class EvalCounts:
             torch.zeros((), dtype=torch.float64),
             DecompositionAccumulator(num_classes),
         )
+
+    def metrics(
+        self, groups: Sequence[str], classes: Sequence[str], prefix: str
+    ) -> dict[str, float]:
+        """Top-1 (overall, per group, per class up to 100 classes; beyond, per-class numbers go
+        to the decomposition table only), the CE of the predicted logits as ``{prefix}/loss``
+        and each objective term as ``{prefix}/loss_<term>``."""
+        metrics = accuracy_report(self.correct, self.seen, groups, classes, prefix)
+        seen = max(self.seen.sum().item(), 1.0)
+        metrics[f"{prefix}/loss"] = self.loss_sum.item() / seen
+        for name, total in self.term_sums.items():
+            metrics[f"{prefix}/loss_{name}"] = total.item() / seen
+        if len(classes) > 100:
+            metrics = {k: v for k, v in metrics.items() if "/acc_class/" not in k}
+        return metrics
+
+    def decomposition_table(
+        self,
+        weight: torch.Tensor,
+        train_counts: Sequence[int],
+        groups: Sequence[str],
+        classes: Sequence[str],
+    ) -> dict[str, Any]:
+        """The logit decomposition of this evaluation (metrics per group, and the per-class
+        table with each class's accuracy and name)."""
+        table = summarize_decomposition(self.decomposition, weight, train_counts, groups)
+        accuracy = 100.0 * self.correct / self.seen.clamp_min(1.0)
+        table["per_class"]["accuracy"] = accuracy.tolist()
+        table["per_class"]["class"] = list(classes)
+        return table
 
     def all_reduce(self, device: torch.device) -> None:
         if not (dist.is_available() and dist.is_initialized()):

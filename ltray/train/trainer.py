@@ -26,8 +26,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ltray.analysis.accuracy import accuracy_report
-from ltray.analysis.decomposition import summarize_decomposition
 from ltray.config import JobConfig
 from ltray.data import read_manifest
 from ltray.data.profiles import shot_groups
@@ -38,8 +36,14 @@ from ltray.losses import build_loss, head_for
 from ltray.models import build_model
 from ltray.secrets import join_secrets, public_url, redact_url
 from ltray.tracking import make_tracker
-from ltray.train.decoupled import balanced_subset, run_decoupled
+from ltray.train.decoupled import balanced_subset, collect_features, run_decoupled
 from ltray.train.device import Normalizer, Placement, wants_gpu
+from ltray.train.divergence import (
+    NonFiniteLoss,
+    first_bad_step,
+    gradients_finite,
+    raise_if_any_rank_diverged,
+)
 from ltray.train.evaluate import EvalCounts, evaluate
 from ltray.train.run_identity import check_class_count
 from ltray.train.run_info import (
@@ -55,10 +59,6 @@ from ltray.train.session import LocalSession, RaySession, Session, fetch_secrets
 from ltray.train.storage import Storage
 
 FAILURE_FILE = "failure.txt"
-
-
-class NonFiniteLoss(Exception):
-    """Raised on every rank at once when the loss or gradients stop being finite."""
 
 
 def check_train_shares(num_rows: int, world_size: int, split: str) -> None:
@@ -271,7 +271,9 @@ class Trainer:
                 result = self.ddp(images, labels)
             self.optimizer.zero_grad(set_to_none=True)
             result.total.backward()
-            finite = self._gradients_finite() & torch.isfinite(result.total.detach())
+            finite = gradients_finite(self.module, self.placement.device) & torch.isfinite(
+                result.total.detach()
+            )
             bad_step = torch.where((bad_step < 0) & ~finite, step, bad_step)
             self.optimizer.step()
             self.criterion.after_step(self.model)
@@ -282,14 +284,14 @@ class Trainer:
             done = step + 1
             save = save_every is not None and done % save_every == 0 and done < steps
             if done % check_every == 0 or save:
-                if self._first_bad_step(bad_step) is not None:
+                if first_bad_step(bad_step, self.distributed) is not None:
                     break  # every rank stops here, so collectives stay matched
             if save:
                 elapsed = elapsed_before + time.perf_counter() - started
                 self._save_mid_epoch(epoch, done, workers, seen, term_sums, elapsed)
         elapsed = elapsed_before + time.perf_counter() - started
 
-        self._raise_if_any_rank_diverged(epoch, bad_step)
+        raise_if_any_rank_diverged(epoch, bad_step, self.distributed)
         sums = self._summed(seen, term_sums)
         total_seen = max(sums[0].item(), 1.0)
         names = sorted(term_sums)
@@ -328,29 +330,6 @@ class Trainer:
         state = self.state(epoch - 1, stream=stream, partial=partial)
         self.session.report({"stream/epoch": float(epoch), "stream/batch": float(batch)}, state)
 
-    def _gradients_finite(self) -> torch.Tensor:
-        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
-        if not grads:
-            return torch.ones((), dtype=torch.bool, device=self.placement.device)
-        norms = torch._foreach_norm(grads)
-        return torch.isfinite(torch.stack(norms).sum())
-
-    def _first_bad_step(self, bad_step: torch.Tensor) -> int | None:
-        """The first step at which any rank saw a non-finite loss or gradient (collective)."""
-        flag = torch.where(bad_step >= 0, bad_step, torch.iinfo(torch.long).max).reshape(1)
-        if self.distributed:
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        first = int(flag.item())
-        return None if first == torch.iinfo(torch.long).max else first
-
-    def _raise_if_any_rank_diverged(self, epoch: int, bad_step: torch.Tensor) -> None:
-        first = self._first_bad_step(bad_step)
-        if first is not None:
-            raise NonFiniteLoss(
-                f"loss or gradients became non-finite at epoch {epoch} step {first}; "
-                f"the last good checkpoint is kept (lower optim.lr or check the data)"
-            )
-
     # --- evaluation --------------------------------------------------------------------------
     def evaluate_split(self, split: str, prefix: str) -> tuple[dict[str, float], EvalCounts]:
         dataset = self._dataset(split, train=False)
@@ -366,16 +345,7 @@ class Trainer:
             max_batches=self.job.schedule.max_eval_batches,
         )
         counts.all_reduce(self.placement.device)
-        metrics = accuracy_report(
-            counts.correct, counts.seen, self.groups, self.manifest.classes, prefix
-        )
-        seen = max(counts.seen.sum().item(), 1.0)
-        metrics[f"{prefix}/loss"] = counts.loss_sum.item() / seen  # CE of the predicted logits
-        for name, total in counts.term_sums.items():
-            metrics[f"{prefix}/loss_{name}"] = total.item() / seen
-        if self.num_classes > 100:  # per-class numbers go to decomposition/epoch_NNNN.json
-            metrics = {k: v for k, v in metrics.items() if "/acc_class/" not in k}
-        return metrics, counts
+        return counts.metrics(self.groups, self.manifest.classes, prefix), counts
 
     def _epoch_record(self, epoch: int, train_metrics: dict[str, float]) -> tuple[dict, Any]:
         record = {"epoch": float(epoch), **train_metrics}
@@ -384,41 +354,25 @@ class Trainer:
         if (epoch + 1) % self.job.schedule.eval_every == 0 or last:
             metrics, counts = self.evaluate_split(self.eval_split, self.eval_prefix)
             record.update(metrics)
-            decomposition = summarize_decomposition(
-                counts.decomposition,
-                self.model.head.weight.detach().float(),
-                self.train_counts,
-                self.groups,
+            weight = self.model.head.weight.detach().float()
+            decomposition = counts.decomposition_table(
+                weight, self.train_counts, self.groups, self.manifest.classes
             )
             record.update(decomposition["metrics"])
-            accuracy = 100.0 * counts.correct / counts.seen.clamp_min(1.0)
-            decomposition["per_class"]["accuracy"] = accuracy.tolist()
-            decomposition["per_class"]["class"] = list(self.manifest.classes)
         return record, decomposition
 
     # --- stage 2 (crt, lws, tau_norm) --------------------------------------------------------
-    @torch.no_grad()
     def _features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        self.model.eval()
         dataset = self._dataset(split, train=False)
         dataset.set_epoch(0)
-        feats, labels = [], []
-        cap = self.job.schedule.max_eval_batches
-        for i, batch in enumerate(make_loader(dataset, num_workers=self.job.data.loader_workers)):
-            if cap is not None and i >= cap:
-                break
-            with self.placement.autocast():
-                out = self.model(self.normalize(batch["image"]))
-            feats.append(out.features.float().cpu())
-            labels.append(batch["label"])
-        features = torch.cat(feats) if feats else torch.empty(0, self.model.feature_dim)
-        label_t = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
-        if self.distributed:
-            gathered: list[Any] = [None] * self.world
-            dist.all_gather_object(gathered, (features, label_t))
-            features = torch.cat([g[0] for g in gathered])
-            label_t = torch.cat([g[1] for g in gathered])
-        return features, label_t
+        return collect_features(
+            self.model,
+            make_loader(dataset, num_workers=self.job.data.loader_workers),
+            self.normalize,
+            self.placement,
+            self.job.schedule.max_eval_batches,
+            self.world if self.distributed else 1,
+        )
 
     def run_stage2(self) -> dict[str, float]:
         method = self.job.loss.name
