@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -57,3 +58,49 @@ def ltray_executable() -> str:
     import sys
 
     return str(Path(sys.executable).parent / "ltray")
+
+
+def healthy(url: str) -> bool:
+    """Whether ``url`` answers 200 within a second."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path) -> Iterator[tuple[str, int]]:
+    """A real ``mlflow server`` on 127.0.0.1 with its SQLite store and artifacts in ``folder``:
+    yields (its URI, its port) once /health answers; stopped on exit."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{folder}/server.db",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: healthy(f"{uri}/health"), 120, "mlflow server")
+        yield uri, port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -89,3 +89,35 @@ def cpu_run_name(job, local: bool) -> str:
             num_classes=classes,
         )
     ).run_name
+
+
+TIMING = ("train/images_per_s", "train/epoch_s")  # the only metrics a resume may change
+
+
+def local_state(job) -> dict[str, Any] | None:
+    """The latest checkpoint of ``run_job(job, local=True)``."""
+    from ltray.train.session import LocalSession
+    from ltray.train.storage import Storage
+
+    name = cpu_run_name(job, local=True)
+    return LocalSession(Storage(job.storage.url), name, keep=2).latest_state()
+
+
+def assert_same_training(expected: dict[str, Any], resumed: dict[str, Any]) -> None:
+    """Model and loss parameters of two checkpoints agree: the same float32 operations in the
+    same order, so anything beyond rounding is a resume bug."""
+    import torch
+
+    for part in ("model", "criterion"):
+        for key, value in expected[part].items():
+            torch.testing.assert_close(resumed[part][key], value, rtol=1e-6, atol=1e-7)
+
+
+def assert_same_metrics(want: dict[str, dict[int, float]], got: dict[str, dict[int, float]]):
+    """The same metrics at the same steps with the same values, timings aside."""
+    import pytest
+
+    assert want.keys() == got.keys()
+    for key in set(want) - set(TIMING):
+        for step, value in want[key].items():
+            assert got[key][step] == pytest.approx(value, rel=1e-6, abs=1e-9), (key, step)

@@ -6,51 +6,24 @@ import pytest
 from train_support import run_cli
 
 
+def synthetic(out, *options: str) -> str:
+    """A generated 4-class, 32 px set at IF 6 (seed 1), with ``options`` added."""
+    run_cli(
+        "prepare", "synthetic", str(out), "--classes", "4", "--imbalance", "6",
+        "--image-size", "32", "--seed", "1", *options,
+    )  # fmt: skip
+    return str(out)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> str:
-    """4 classes, 32 px, IF 10: about 100 training images; seconds to prepare."""
+    """4 classes, 32 px, IF 6: about 100 training images; seconds to prepare."""
     out = tmp_path_factory.mktemp("data") / "tiny"
-    run_cli(
-        "prepare",
-        "synthetic",
-        str(out),
-        "--classes",
-        "4",
-        "--n-max",
-        "48",
-        "--imbalance",
-        "6",
-        "--image-size",
-        "32",
-        "--test-per-class",
-        "8",
-        "--seed",
-        "1",
-    )
-    return str(out)
+    return synthetic(out, "--n-max", "48", "--test-per-class", "8")
 
 
 @pytest.fixture(scope="session")
 def odd_data(tmp_path_factory) -> str:
     """89 training images (odd: ranks' every-row-once shares differ) in row groups of 16."""
     out = tmp_path_factory.mktemp("data") / "odd"
-    run_cli(
-        "prepare",
-        "synthetic",
-        str(out),
-        "--classes",
-        "4",
-        "--n-max",
-        "45",
-        "--imbalance",
-        "6",
-        "--image-size",
-        "32",
-        "--test-per-class",
-        "4",
-        "--row-group-rows",
-        "16",
-        "--seed",
-        "1",
-    )
-    return str(out)
+    return synthetic(out, "--n-max", "45", "--test-per-class", "4", "--row-group-rows", "16")

@@ -9,14 +9,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 import yaml
-from processes import free_port, ltray_executable, wait_for
+from processes import free_port, ltray_executable
+from processes import mlflow_server as start_mlflow_server
 from train_support import make_job
 
 pytestmark = pytest.mark.slow
@@ -24,42 +24,10 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path}/server.db",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: healthy(f"{uri}/health"), 120, "mlflow server")
+    with start_mlflow_server(tmp_path) as (uri, _):
         yield uri
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

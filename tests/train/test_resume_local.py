@@ -7,17 +7,22 @@ from __future__ import annotations
 import mlflow
 import pytest
 import torch
-from train_support import assert_logged_as_finished, cpu_run_name, logged_metrics, make_job
+from train_support import (
+    assert_logged_as_finished,
+    assert_same_metrics,
+    assert_same_training,
+    local_state,
+    logged_metrics,
+    make_job,
+)
 
 from ltray.errors import LtrayError
 from ltray.train import trainer as trainer_module
 from ltray.train.launcher import run_job
 from ltray.train.session import LocalSession
-from ltray.train.storage import Storage
 
 EPOCHS = 2
 STEPS = 12  # 89 rows in batches of 8: 11 full batches and one of 1
-TIMING = ("train/images_per_s", "train/epoch_s")
 
 
 def resume_job(data: str, folder):
@@ -38,12 +43,6 @@ def resume_job(data: str, folder):
         storage={"checkpoint_every_steps": 3},
         tracking={"log_model": False},
     )
-
-
-def latest_state(job):
-    return LocalSession(
-        Storage(job.storage.url), cpu_run_name(job, local=True), keep=2
-    ).latest_state()
 
 
 def the_run(job):
@@ -82,28 +81,21 @@ def test_crash_inside_an_epoch_resumes_at_its_batch_and_ends_like_an_uninterrupt
     dropout_in_training.update(n=0, crash_at=STEPS + 5)  # epoch 1, step 4
     with pytest.raises(RuntimeError, match="simulated"):
         run_job(crashing, local=True)
-    saved = latest_state(crashing)
+    saved = local_state(crashing)
     # resubmitted with other loader workers (the same run): the epoch ends with the 2 it began
     # with, since the batch order depends on them
     data = crashing.data.model_copy(update={"loader_workers": 0})
     run_job(crashing.model_copy(update={"data": data}), local=True)
 
     # the same float32 operations in the same order: anything beyond rounding is a resume bug
-    expected, resumed = latest_state(reference), latest_state(crashing)
-    for key, value in expected["model"].items():
-        torch.testing.assert_close(resumed["model"][key], value, rtol=1e-6, atol=1e-7)
-    for key, value in expected["criterion"].items():
-        torch.testing.assert_close(resumed["criterion"][key], value, rtol=1e-6, atol=1e-7)
+    resumed = local_state(crashing)
+    assert_same_training(local_state(reference), resumed)
     client, run = the_run(crashing)
     assert_logged_as_finished(client, run.info.run_id, resumed)
     # the resumed epoch's loss sums the steps before the checkpoint and after it
     reference_client, reference_run = the_run(reference)
     want = logged_metrics(reference_client, reference_run.info.run_id)
-    got = logged_metrics(client, run.info.run_id)
-    assert want.keys() == got.keys()
-    for key in set(want) - set(TIMING):
-        for step, value in want[key].items():
-            assert got[key][step] == pytest.approx(value, rel=1e-6, abs=1e-9), (key, step)
+    assert_same_metrics(want, logged_metrics(client, run.info.run_id))
     # the crash came at epoch 1 step 4; the resume started at the checkpoint after step 2, so
     # steps 3 and 4 ran twice, the epoch's first three once
     assert saved["stream"] == {"epoch": 1, "batch": 3, "loader_workers": 2}
@@ -136,7 +128,7 @@ def test_final_metrics_and_model_are_logged_once_around_a_crash_at_the_last_chec
 
     client, run = the_run(job)
     assert run.info.status == "FINISHED"
-    assert_logged_as_finished(client, run.info.run_id, latest_state(job))
+    assert_logged_as_finished(client, run.info.run_id, local_state(job))
     assert logged_metrics(client, run.info.run_id)["test/acc"] == {0: final["test/acc"]}
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id], output_format="list"

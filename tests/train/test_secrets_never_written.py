@@ -11,24 +11,22 @@ import http.server
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
-import urllib.request
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import mlflow
 import pytest
 import yaml
-from processes import free_port, ltray_executable, wait_for
+from processes import ltray_executable
+from processes import mlflow_server as start_mlflow_server
 from train_support import make_job
 
 from ltray.train.checkpoint import CHECKPOINT_FILE
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
 
 BUCKET = "ltray-secrets"
 TRACKING_USER = "mlflow-user"
@@ -72,14 +70,6 @@ def search_tree(root: Path) -> dict[str, list[str]]:
     return found
 
 
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 class _AuthProxy(http.server.BaseHTTPRequestHandler):
     """Forwards to the MLflow server only requests that carry the basic-auth credentials."""
 
@@ -121,37 +111,15 @@ def mlflow_behind_basic_auth(tmp_path):
     """(URI of an authenticating proxy, URI of the server, the server's folder)."""
     folder = tmp_path / "mlflow-server"
     folder.mkdir()
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{folder}/server.db",
-            "--artifacts-destination",
-            str(folder / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    handler = type("Proxy", (_AuthProxy,), {"upstream_port": port, "authorized": 0})
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    server_uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: healthy(f"{server_uri}/health"), 120, "mlflow server")
-        yield handler, f"127.0.0.1:{proxy.server_address[1]}", server_uri, folder
-    finally:
-        proxy.shutdown()
-        server.terminate()
-        server.wait(timeout=30)
+    with start_mlflow_server(folder) as (server_uri, port):
+        handler = type("Proxy", (_AuthProxy,), {"upstream_port": port, "authorized": 0})
+        proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield handler, f"127.0.0.1:{proxy.server_address[1]}", server_uri, folder
+        finally:
+            proxy.shutdown()
 
 
 @pytest.fixture

@@ -8,21 +8,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from train_support import cpu_run_name, make_job
+from train_support import local_state, make_job
 
 from ltray.data import read_manifest
 from ltray.errors import LtrayError
 from ltray.models import build_model
 from ltray.train import trainer as trainer_module
 from ltray.train.launcher import run_job
-from ltray.train.session import LocalSession
-from ltray.train.storage import Storage
-
-
-def final_state(job):
-    return LocalSession(
-        Storage(job.storage.url), cpu_run_name(job, local=True), keep=2
-    ).latest_state()
 
 
 def mlflow_run(job):
@@ -72,7 +64,7 @@ def test_local_run_logs_every_epoch_and_the_model(tiny_data, tmp_path):
     assert contract["classes"] == read_manifest(tiny_data).classes
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 32, 32)
     assert info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 4)
-    state = final_state(job)["model"]
+    state = local_state(job)["model"]
     reference = build_model(job.model, 4, head="cosine")
     reference.load_state_dict(state)
     reference.eval()
@@ -80,7 +72,7 @@ def test_local_run_logs_every_epoch_and_the_model(tiny_data, tmp_path):
     std = torch.tensor(job.data.std).view(1, 3, 1, 1)
     with torch.no_grad():
         cosines = reference((images - mean) / std).logits
-    scale = final_state(job)["criterion"]["margin_ce.fixed_scale"]
+    scale = local_state(job)["criterion"]["margin_ce.fixed_scale"]
     torch.testing.assert_close(scores, scale * cosines, rtol=1e-4, atol=1e-4)  # export vs eager
     # the same job again: already finished, nothing retrained, no second MLflow run
     assert run_job(job, local=True).metrics["test/acc"] == final["test/acc"]
@@ -108,7 +100,7 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(
     monkeypatch.setattr(trainer_module.Trainer, "train_epoch", original)
     run_job(crashing, local=True)
 
-    expected, resumed = final_state(reference)["model"], final_state(crashing)["model"]
+    expected, resumed = local_state(reference)["model"], local_state(crashing)["model"]
     for key in expected:
         torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=1e-6)
     client, run = mlflow_run(crashing)
@@ -133,7 +125,7 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_last_checkpoint(
     monkeypatch.setattr(trainer_module.TrainModule, "forward", nan_after_three_steps)
     with pytest.raises(LtrayError, match=r"non-finite at epoch 1 step 0"):
         run_job(job, local=True)
-    state = final_state(job)
+    state = local_state(job)
     assert state["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
@@ -179,7 +171,7 @@ def test_fresh_starts_over_in_a_new_mlflow_run(tiny_data, tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     names = sorted(r.data.tags["ltray.run_name"] for r in runs)
     assert len(runs) == 2 and names[1] == names[0] + "@superseded"
-    assert final_state(job)["epoch"] == 0  # the fresh run's own checkpoint
+    assert local_state(job)["epoch"] == 0  # the fresh run's own checkpoint
 
 
 def test_bf16_autocast_path_runs_on_the_cpu(tiny_data, tmp_path):
