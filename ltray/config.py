@@ -123,6 +123,12 @@ class DecoupledConfig(Section):
         default_factory=lambda: [round(0.1 * i, 1) for i in range(21)],
         description="tau values tried by tau_norm, chosen on validation data (never test)",
     )
+    tau: float | None = Field(
+        None,
+        ge=0.0,
+        description="tau_norm: this tau instead of one chosen on the val split; without a val "
+        "split it must be given (prepare one with --val-per-class)",
+    )
 
 
 class LossConfig(Section):

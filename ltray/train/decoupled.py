@@ -7,8 +7,9 @@ draw (re-initialisation, class-balanced sampling) comes from one generator seede
     lws       learn one scale per class on the frozen head (class-balanced sampling), then
               fold the scales into its rows and bias
     tau_norm  rescale rows by 1 / ||w_j||^tau and drop the bias (models.tau_normalized),
-              tau from ``cfg.tau_grid`` chosen by top-1 accuracy on the VALIDATION features
-              (ties: the first in the grid)
+              tau as given (``cfg.tau``) or chosen from ``cfg.tau_grid`` by top-1 accuracy on
+              the VALIDATION split's features (ties: the first in the grid); never on training
+              features (after a long stage 1 nearly all are right for any tau) nor on test
 
 crt and lws train with SGD (momentum 0.9, weight decay ``cfg.weight_decay`` = 5e-4 by
 default), lr ``cfg.lr`` with cosine decay to 0 over ``cfg.epochs`` epochs of N samples, in
@@ -155,27 +156,18 @@ def _lws(head, train_x, train_y, val_x, val_y, cfg, generator) -> tuple[nn.Modul
 
 
 def _tau_norm(head, train_x, train_y, val_x, val_y, cfg, generator) -> tuple[nn.Module, dict]:
+    if cfg.tau is not None:
+        return tau_normalized(head, cfg.tau).eval(), {"tau": cfg.tau}
     if len(val_y) == 0:
-        raise LtrayError("tau_norm chooses tau on validation features, but none were given")
+        raise LtrayError(
+            "tau_norm chooses tau on the validation split, and this data set has none: prepare "
+            "one with --val-per-class N, or give loss.decoupled.tau"
+        )
     if not cfg.tau_grid or min(cfg.tau_grid) < 0:
         raise LtrayError(f"loss.decoupled.tau_grid must be non-empty and >= 0, got {cfg.tau_grid}")
     scores = {tau: accuracy(tau_normalized(head, tau), val_x, val_y) for tau in cfg.tau_grid}
     best = max(cfg.tau_grid, key=lambda tau: scores[tau])  # max keeps the first of equals
     return tau_normalized(head, best).eval(), {"tau": best, "val_acc_by_tau": scores}
-
-
-def balanced_subset(labels: Tensor, generator: torch.Generator) -> Tensor:
-    """Indices of an equal number of samples of every class present (the rarest class's count),
-    drawn without replacement: a stand-in for a balanced validation set where a data set has
-    none, so that selection never looks at the test split."""
-    classes, counts = labels.unique(return_counts=True)
-    per_class = int(counts.min())
-    picked = []
-    for cls in classes.tolist():
-        members = (labels == cls).nonzero().flatten()
-        order = torch.randperm(len(members), generator=generator)[:per_class]
-        picked.append(members[order])
-    return torch.cat(picked).sort().values
 
 
 _METHODS: dict[str, Callable[..., tuple[nn.Module, dict]]] = {

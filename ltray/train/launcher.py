@@ -16,7 +16,7 @@ from ltray.data import Manifest, read_manifest
 from ltray.errors import LtrayError
 from ltray.logs import link_ray_logs, ray_init_options
 from ltray.losses import head_for
-from ltray.secrets import scrub, split_secrets
+from ltray.secrets import redact_url, scrub, split_secrets
 from ltray.tracking import (
     MlflowTracker,
     check_reachable,
@@ -70,11 +70,25 @@ def preflight(job: JobConfig, local: bool = False) -> Manifest:
     if manifest.has_split(split):
         workers = 1 if local else job.scaling.num_workers
         check_train_shares(sum(manifest.class_counts(split)), workers, split)
+    check_selection_has_a_val_split(job, manifest)
     Storage(job.storage.url, job.storage.storage_options).check_writable()
     if job.tracking.enabled:
         create_sqlite_folder(job.tracking.uri)
         check_reachable(job.tracking.uri)
     return manifest
+
+
+def check_selection_has_a_val_split(job: JobConfig, manifest: Manifest) -> None:
+    """What selects a value (tau_norm's tau) reads the val split; refuse, before training, a
+    job that would have to select without one (``schedule.select_by`` is refused by the
+    trainer's set-up, also before the first step)."""
+    has_val = manifest.has_split(job.data.val_split or "val")
+    if job.loss.name == "tau_norm" and job.loss.decoupled.tau is None and not has_val:
+        raise LtrayError(
+            f"tau_norm chooses tau on the validation split, and data set "
+            f"{redact_url(job.data.url)} has none: prepare one with --val-per-class N, or give "
+            "loss.decoupled.tau"
+        )
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ an epoch that MLflow already has: each metric has one value per step, the finish
 from __future__ import annotations
 
 import copy
+import math
 import time
 from typing import Any
 
@@ -36,7 +37,7 @@ from ltray.losses import build_loss, head_for
 from ltray.models import build_model
 from ltray.secrets import join_secrets, public_url, redact_url
 from ltray.tracking import make_tracker
-from ltray.train.decoupled import balanced_subset, collect_features, run_decoupled
+from ltray.train.decoupled import collect_features, run_decoupled
 from ltray.train.device import Normalizer, Placement, wants_gpu
 from ltray.train.divergence import (
     NonFiniteLoss,
@@ -379,10 +380,8 @@ class Trainer:
         train_f, train_y = self._features(self.job.data.train_split)
         if self.val_split is not None:
             val_f, val_y = self._features(self.val_split)
-        else:  # no validation split: a class-balanced draw of training features, never test
-            generator = torch.Generator().manual_seed(self.job.seed)
-            chosen = balanced_subset(train_y, generator)
-            val_f, val_y = train_f[chosen], train_y[chosen]
+        else:  # no validation split: nothing is selected (tau_norm needs a given tau), never test
+            val_f, val_y = train_f[:0], train_y[:0]
         head, info = run_decoupled(
             method,
             self.model.head.cpu(),
@@ -395,7 +394,8 @@ class Trainer:
             seed=self.job.seed,
         )
         self.model.head = self.placement.prepare_module(head)
-        return {f"stage2/{k}": float(v) for k, v in info.items() if isinstance(v, int | float)}
+        numbers = {k: float(v) for k, v in info.items() if isinstance(v, int | float)}
+        return {f"stage2/{k}": v for k, v in numbers.items() if not math.isnan(v)}
 
     # --- the run -----------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:

@@ -130,7 +130,7 @@ def test_bad_arguments_are_clear_errors(setup):
         run_decoupled("tau_norm", head, *args, DecoupledConfig(tau_grid=[]), seed=0)
     with pytest.raises(LtrayError, match="tau_grid"):
         run_decoupled("tau_norm", head, *args, DecoupledConfig(tau_grid=[-1.0, 1.0]), seed=0)
-    with pytest.raises(LtrayError, match="validation"):
+    with pytest.raises(LtrayError, match="--val-per-class N, or give loss.decoupled.tau"):
         run_decoupled(
             "tau_norm", head, train_x, train_y, val_x[:0], val_y[:0], counts, DecoupledConfig(), 0
         )
@@ -138,12 +138,14 @@ def test_bad_arguments_are_clear_errors(setup):
         run_decoupled("crt", head, train_x, train_y, val_x, val_y, counts[:3], DecoupledConfig(), 0)
 
 
-def test_balanced_subset_draws_the_rarest_count_of_every_class():
-    from ltray.train.decoupled import balanced_subset
-
-    labels = torch.tensor([0] * 50 + [1] * 7 + [2] * 20)
-    chosen = balanced_subset(labels, torch.Generator().manual_seed(0))
-    assert torch.bincount(labels[chosen]).tolist() == [7, 7, 7]
-    assert len(chosen.unique()) == len(chosen)
-    again = balanced_subset(labels, torch.Generator().manual_seed(0))
-    assert torch.equal(chosen, again)
+def test_a_given_tau_is_applied_without_any_selection():
+    head = LinearHead(4, 4, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.diag(torch.tensor([8.0, 4.0, 2.0, 1.0])))
+    empty_x, empty_y = torch.empty(0, 4), torch.empty(0, dtype=torch.long)
+    cfg = DecoupledConfig(tau=0.5)
+    new_head, info = run_decoupled(
+        "tau_norm", head, empty_x, empty_y, empty_x, empty_y, [8, 4, 2, 1], cfg, seed=0
+    )
+    assert info["tau"] == 0.5 and "val_acc_by_tau" not in info
+    torch.testing.assert_close(new_head.weight, torch.diag(torch.tensor([8.0, 4, 2, 1]) ** 0.5))

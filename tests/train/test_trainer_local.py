@@ -186,3 +186,21 @@ def test_bf16_autocast_path_runs_on_the_cpu(tiny_data, tmp_path):
     )
     final = run_job(job, local=True).metrics
     assert 0.0 <= final["test/acc"] <= 100.0
+
+
+def test_tau_norm_without_a_val_split_is_refused_before_training(tiny_data, tmp_path):
+    job = make_job(tiny_data, tmp_path, loss={"name": "tau_norm"})
+    with pytest.raises(LtrayError) as info:
+        run_job(job, local=True)
+    assert str(info.value) == (
+        f"tau_norm chooses tau on the validation split, and data set {tiny_data} has none: "
+        "prepare one with --val-per-class N, or give loss.decoupled.tau"
+    )
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_tau_norm_with_a_given_tau_logs_it_and_selects_nothing(tiny_data, tmp_path):
+    job = make_job(tiny_data, tmp_path, loss={"name": "tau_norm", "decoupled": {"tau": 0.3}})
+    final = run_job(job, local=True).metrics
+    assert final["stage2/tau"] == 0.3
+    assert "stage2/val_acc" not in final  # no val split: nothing measured, nothing chosen
