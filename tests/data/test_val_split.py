@@ -208,3 +208,63 @@ def test_prepare_writes_val_rows_in_source_order(make_tree, tmp_path):
     out = tmp_path / "ds"
     prepare(plan, str(out), PrepareOptions(workers=1))
     assert [r["id"] for r in _rows(out, "val")] == _ids(plan, "val")
+
+
+# --- the real CIFAR-10 archive ----------------------------------------------------------------
+
+CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
+CIFAR10_LT_100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_cifar10_lt_100_with_50_val_per_class(cifar_archive, tmp_path):
+    out = tmp_path / "cifar10-lt-100-val50"
+    result = CliRunner().invoke(
+        app,
+        ["cifar-lt", str(cifar_archive), str(out), "--imbalance", "100", "--val-per-class", "50"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "val 500 rows" in result.stdout and "test 10,000 rows" in result.stdout
+    # class 0 keeps all 5,000 (nothing left out) and gives 50; the others give left-out ones
+    assert (
+        "val: 50 per class held out from the training images (450 the profile left out, "
+        "50 it kept)" in result.stdout
+    )
+    assert "'airplane' keeps 4,950 of 5,000" in result.stdout
+    assert "imbalance 99 (requested 100)" in result.stdout
+
+    m = read_manifest(str(out))
+    assert m.class_counts("val") == [50] * 10
+    assert m.class_counts("train") == [4950] + CIFAR10_LT_100[1:]
+    assert m.class_counts("test") == [1000] * 10
+    assert m.profile["val_split"]["classes_reduced"] == [0]
+    assert len(m.warnings) == 1 and "'airplane' keeps 4,950 of 5,000" in m.warnings[0]
+
+    rows = {split: _rows(out, split) for split in ("train", "val", "test")}
+    ids = {split: {r["id"] for r in rs} for split, rs in rows.items()}
+    sha = {s: {hashlib.sha256(r["image"]).hexdigest() for r in rs} for s, rs in rows.items()}
+    assert len(ids["val"]) == len(sha["val"]) == 500
+    assert all(i.startswith("cifar10/train/") for i in ids["val"])
+    for other in ("train", "test"):
+        assert not ids["val"] & ids[other], other
+        assert not sha["val"] & sha[other], other
+    # classes 1-9 are exactly the published IF-100 set: their first n_c files
+    for c in range(1, 10):
+        train_c = sorted(r["id"] for r in rows["train"] if r["label"] == c)
+        expected = [f"cifar10/train/{CLASSES[c]}/{i:04d}.jpg" for i in range(CIFAR10_LT_100[c])]
+        assert train_c == expected
+
+    def val_ids(seed):
+        plan = sources.cifar_lt(
+            str(cifar_archive), str(tmp_path / f"s{seed}"), imbalance=100, val_per_class=50,
+            seed=seed,
+        )  # fmt: skip
+        return _ids(plan, "val")
+
+    assert sorted(val_ids(0)) == sorted(ids["val"])  # same seed, same images
+    other = set(val_ids(1))
+    # a seed-1 draw of 50 matching seed 0's in even one class has probability < 1e-80
+    for label in range(10):
+        mine = {r["id"] for r in rows["val"] if r["label"] == label}
+        assert mine != {i for i in other if f"/{CLASSES[label]}/" in i}
