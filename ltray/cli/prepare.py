@@ -34,6 +34,7 @@ from ltray.cli.console import exit_on_error
 from ltray.data.prepare import list_sources, sources
 from ltray.data.prepare.orchestrator import REPORT_NAME, PrepareOptions, PrepareResult, prepare_from
 from ltray.data.prepare.sources import SourcePlan
+from ltray.data.prepare.val_split import check_val_per_class
 from ltray.data.profiles import GROUPS, check_imbalance
 from ltray.data.shards import ShardLayout
 from ltray.errors import LtrayError
@@ -100,6 +101,14 @@ ScratchOpt = Annotated[
     Path | None, typer.Option(help="Where a .tar.gz is decompressed (default: the system temp).")
 ]
 Seed = Annotated[int, typer.Option(min=0, help="Seeds sampling, val carving and the row order.")]
+ValPerClass = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Hold out N train images per class as a balanced val split (seeded), taken first "
+        "from the images the long-tail profile leaves out, then from the kept ones; 0: none.",
+    ),
+]
 
 
 def parse_storage_options(text: str | None) -> dict[str, Any]:
@@ -242,6 +251,12 @@ def _summary(result: PrepareResult, out: str) -> str:
         f"{m.num_classes} classes ({group_text}); profile {prof.get('name')}, "
         f"n_max {prof.get('n_max')}, imbalance {imbalance}, seed {prof.get('seed')}",
     ]
+    carve = prof.get("val_split")
+    if carve:
+        lines.append(
+            f"val: {carve['per_class']} per class held out from the training images "
+            f"({carve['from_left_out']:,} the profile left out, {carve['from_kept']:,} it kept)"
+        )
     if result.reused:
         lines.append(f"resumed: kept {result.reused} finished shard(s), wrote {result.written}")
     lines.extend(_bad_lines(result.report, out))
@@ -292,17 +307,22 @@ def cifar_lt(
     imbalance: Annotated[float, typer.Option(help="Imbalance factor n_max / n_min (>= 1).")],
     dataset: Annotated[CifarDataset, typer.Option(help="Which CIFAR.")] = CifarDataset.cifar10,
     profile: Annotated[Profile, typer.Option(help="Long-tail profile.")] = Profile.exp,
+    val_per_class: ValPerClass = 0,
     seed: Seed = 0,
     *,
     storage: dict[str, Any],
 ) -> PlanMaker:
-    """CIFAR-10/100-LT: the first n_c images of class c, n_c = int(n_max * IF^(-c/(C-1)))."""
+    """CIFAR-10/100-LT: the first n_c images of class c, n_c = int(n_max * IF^(-c/(C-1))).
+
+    Splits: train (the long tail), test (CIFAR's test set) and, with --val-per-class N, val
+    (N per class from CIFAR's training images; the default 0 keeps the published protocol)."""
     check_imbalance(imbalance)
+    check_val_per_class(val_per_class)
 
     def make_plan(scratch: str) -> SourcePlan:
         return sources.cifar_lt(
             src, scratch, imbalance=imbalance, dataset=dataset.value, profile=profile.value,
-            seed=seed, storage_options=storage,
+            seed=seed, val_per_class=val_per_class, storage_options=storage,
         )  # fmt: skip
 
     return make_plan
@@ -318,8 +338,14 @@ def imagefolder(
     profile: Annotated[Profile, typer.Option(help="Long-tail profile.")] = Profile.exp,
     val_fraction: Annotated[
         float | None,
-        typer.Option(min=0.0, max=1.0, help="Carve a seeded per-class val split from train."),
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Carve a seeded fraction of every class from train as val, before the long "
+            "tail is taken (not with --val-per-class).",
+        ),
     ] = None,
+    val_per_class: ValPerClass = 0,
     seed: Seed = 0,
     *,
     storage: dict[str, Any],
@@ -327,14 +353,19 @@ def imagefolder(
     """Any image-folder tree: SRC/<class>/**/<image>, or SRC/train/<class>/... (val/, test/).
 
     With --imbalance, class c keeps its first n_c images; a source that cannot give the
-    profile (a class with fewer images than n_c) is refused, naming the IF it can give."""
+    profile (a class with fewer images than n_c) is refused, naming the IF it can give.
+    val is the tree's val/, or carved from train by --val-fraction or --val-per-class (one
+    of them, and neither when the tree has val/)."""
     if imbalance is not None:
         check_imbalance(imbalance)
+    check_val_per_class(val_per_class)
+    if val_per_class and val_fraction is not None:
+        raise LtrayError("--val-per-class and --val-fraction both carve val: pass one of them")
 
     def make_plan(scratch: str) -> SourcePlan:
         return sources.imagefolder(
             src, scratch, imbalance=imbalance, profile=profile.value, val_fraction=val_fraction,
-            seed=seed, storage_options=storage,
+            val_per_class=val_per_class, seed=seed, storage_options=storage,
         )  # fmt: skip
 
     return make_plan
@@ -375,14 +406,21 @@ def inat18(
     images: Annotated[str, typer.Option(help="Root the annotations' file_name are relative to.")],
     annotations: Annotated[str, typer.Option(help="Folder of train2018.json and val2018.json.")],
     out: Annotated[str, typer.Argument(help="Output folder or URL.")],
+    val_per_class: ValPerClass = 0,
     seed: Seed = 0,
     *,
     storage: dict[str, Any],
 ) -> PlanMaker:
-    """iNaturalist 2018 from its COCO-style annotations (labels: category ids, sorted)."""
+    """iNaturalist 2018 from its COCO-style annotations (labels: category ids, sorted).
+
+    Splits: train (train2018) and val (val2018). With --val-per-class N, val2018 becomes test
+    (as long-tail papers report it) and val is N images per class held out from train2018."""
+    check_val_per_class(val_per_class)
 
     def make_plan(scratch: str) -> SourcePlan:
-        return list_sources.inat18(images, annotations, seed=seed, storage_options=storage)
+        return list_sources.inat18(
+            images, annotations, seed=seed, val_per_class=val_per_class, storage_options=storage
+        )
 
     return make_plan
 

@@ -18,6 +18,7 @@ from ltray import fs
 from ltray.data.prepare.fingerprint import stat_files
 from ltray.data.prepare.image_refs import FileRef, Item
 from ltray.data.prepare.sources import SourcePlan, flatten
+from ltray.data.prepare.val_split import carve_val_per_class, check_val_per_class
 from ltray.errors import LtrayError
 from ltray.fs import StorageOptions
 from ltray.secrets import redact_url
@@ -249,9 +250,20 @@ def _coco_items(data: Any, name: str, images: str, label_of: dict[int, int]) -> 
 
 
 def inat18(
-    images: str, annotations: str, *, seed: int = 0, storage_options: StorageOptions = None
+    images: str,
+    annotations: str,
+    *,
+    seed: int = 0,
+    val_per_class: int = 0,
+    storage_options: StorageOptions = None,
 ) -> SourcePlan:
-    """iNaturalist 2018 from train2018.json / val2018.json (labels: category ids sorted)."""
+    """iNaturalist 2018 from train2018.json / val2018.json (labels: category ids sorted).
+
+    By default val2018 is the ``val`` split. With val_per_class N > 0, val2018 becomes
+    ``test`` (what long-tail papers report on iNat18) and ``val`` is N images per class held
+    out from train2018 (:mod:`ltray.data.prepare.val_split`), so selection never reads test.
+    """
+    check_val_per_class(val_per_class)
     if not fs.exists(images, storage_options):
         raise LtrayError(f"--images {redact_url(images)}: not found")
     train = _load_json(fs.join_url(annotations, "train2018.json"), storage_options)
@@ -263,14 +275,28 @@ def inat18(
         raise LtrayError("train2018.json: 'categories' must be a list of {id, name}") from None
     splits = {"train": _coco_items(train, "train2018.json", images, label_of)}
     val_url = fs.join_url(annotations, "val2018.json")
+    official = "test" if val_per_class else "val"
     if fs.exists(val_url, storage_options):
         val = _load_json(val_url, storage_options)
-        splits["val"] = _coco_items(val, "val2018.json", images, label_of)
+        splits[official] = _coco_items(val, "val2018.json", images, label_of)
     n = len(classes)
     per_class = _per_class(splits["train"], n)
     _empty_classes_check(per_class, classes, "train2018.json")
-    splits = {s: flatten(_per_class(items, n)) for s, items in splits.items()}
+    carve = None
+    if val_per_class:
+        kept, held, carve = carve_val_per_class(
+            per_class, [[] for _ in range(n)], val_per_class, seed, classes
+        )
+        splits["train"], splits["val"] = flatten(kept), flatten(held)
+        per_class = kept
+    order = [s for s in ("train", "val", "test") if s in splits]
+    splits = {s: flatten(_per_class(splits[s], n)) for s in order}
     _stamped(splits, storage_options)
     origin = {"images": redact_url(images), "annotations": redact_url(annotations)}
     profile = _given_profile(per_class, seed)
-    return SourcePlan("inat18", classes, splits, profile, {"seed": seed}, origin)
+    params: dict[str, Any] = {"seed": seed}
+    if val_per_class:
+        params["val_per_class"] = val_per_class
+    plan = SourcePlan("inat18", classes, splits, profile, params, origin)
+    plan.val_carve = carve
+    return plan

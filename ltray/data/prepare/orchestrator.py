@@ -334,8 +334,17 @@ def _build_manifest(
     )
     if plan.profile.get("n_max") not in (None, profile["n_max"]):
         profile["n_max_requested"] = plan.profile["n_max"]
+    warnings = []
+    carve = plan.val_carve
+    if carve is not None:
+        profile["val_split"] = carve.record()
+        for entry, spare, kept in zip(
+            profile["per_class"], carve.from_left_out, carve.from_kept, strict=True
+        ):
+            entry.update({"val_from_left_out": spare, "val_from_kept": kept})
+        warnings += [w for w in [carve.warning(plan.classes)] if w]
     source = {"kind": plan.kind, **plan.params, **plan.origin}
-    warnings = _profile_warnings(plan, train_counts)
+    warnings += _profile_warnings(plan, train_counts)
     recorded = {k: v for k, v in parts.items() if k != "fingerprint"}
     manifest = Manifest(list(plan.classes), splits, profile, source, parts["fingerprint"])
     manifest.fingerprints, manifest.warnings = recorded, warnings

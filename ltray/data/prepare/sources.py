@@ -19,6 +19,7 @@ from ltray.data.prepare.class_trees import ClassTree, list_tree, split_classes
 from ltray.data.prepare.fingerprint import content_stamp
 from ltray.data.prepare.image_refs import ArrayRef, Item, load_pickle
 from ltray.data.prepare.synthetic import FORMATS, SyntheticRef
+from ltray.data.prepare.val_split import ValCarve, carve_val_per_class, check_val_per_class
 from ltray.data.profiles import check_imbalance, long_tail_counts, smallest_imbalance
 from ltray.errors import LtrayError
 from ltray.fs import StorageOptions
@@ -38,6 +39,7 @@ class SourcePlan:
     params: dict[str, Any] = field(default_factory=dict)  # defines the data set; no secrets
     origin: dict[str, Any] = field(default_factory=dict)  # where it was read (redacted URLs)
     roots: list[str] = field(default_factory=list)  # folders listed as trees (OUT must not be in)
+    val_carve: ValCarve | None = None  # where --val-per-class took val from
 
 
 def flatten(per_class: list[list[Item]]) -> list[Item]:
@@ -126,18 +128,32 @@ def _tree_plan(
     seed: int,
     n_max: int | None = None,
     val_fraction: float | None = None,
+    val_per_class: int = 0,
 ) -> SourcePlan:
     splits = dict(tree.splits)
+    check_val_per_class(val_per_class)
+    if val_per_class and val_fraction is not None:
+        raise LtrayError("--val-per-class and --val-fraction both carve val: pass one of them")
+    if (val_per_class or val_fraction is not None) and "val" in splits:
+        option = "--val-per-class" if val_per_class else "--val-fraction"
+        raise LtrayError(f"{option}: the source already has a val/ split; drop {option}")
     if val_fraction is not None:
-        if "val" in splits:
-            raise LtrayError("--val-fraction: the source already has a val/ split")
         splits["train"], splits["val"] = carve_val(splits["train"], val_fraction, seed)
+    source_train = splits["train"]
     if imbalance is not None:
         splits["train"], prof = select_long_tail(
             splits["train"], profile, imbalance, n_max, tree.classes
         )
     else:
         prof = {"name": "none", "imbalance": None, "n_max": max(map(len, splits["train"]))}
+    carve = None
+    if val_per_class:
+        left_out = [
+            items[len(kept) :] for items, kept in zip(source_train, splits["train"], strict=True)
+        ]
+        splits["train"], splits["val"], carve = carve_val_per_class(
+            splits["train"], left_out, val_per_class, seed, tree.classes
+        )
     prof["seed"] = seed
     ordered = {s: flatten(splits[s]) for s in ("train", "val", "test") if s in splits}
     params = {
@@ -146,7 +162,11 @@ def _tree_plan(
         "seed": seed,
         "val_fraction": val_fraction,
     }
-    return SourcePlan(kind, tree.classes, ordered, prof, params)
+    if val_per_class:  # absent when 0, so data sets prepared before it keep their fingerprint
+        params["val_per_class"] = val_per_class
+    plan = SourcePlan(kind, tree.classes, ordered, prof, params)
+    plan.val_carve = carve
+    return plan
 
 
 def imagefolder(
@@ -156,12 +176,20 @@ def imagefolder(
     imbalance: float | None = None,
     profile: str = "exp",
     val_fraction: float | None = None,
+    val_per_class: int = 0,
     seed: int = 0,
     storage_options: StorageOptions = None,
 ) -> SourcePlan:
-    """A class-per-folder tree or a .tar/.tar.gz of one (split folders train/val/test optional)."""
+    """A class-per-folder tree or a .tar/.tar.gz of one (split folders train/val/test optional).
+
+    val comes from the tree's val/, or is carved from train by --val-fraction (a seeded
+    fraction of every class, before the long tail is taken) or --val-per-class (N per class,
+    preferring what the long tail leaves out; see :mod:`ltray.data.prepare.val_split`)."""
+    check_val_per_class(val_per_class)
     tree = split_classes(list_tree(src, scratch, storage_options), src)
-    plan = _tree_plan("imagefolder", tree, imbalance, profile, seed, None, val_fraction)
+    plan = _tree_plan(
+        "imagefolder", tree, imbalance, profile, seed, None, val_fraction, val_per_class
+    )
     plan.origin = {"src": redact_url(src)}
     plan.roots = [src]
     return plan
@@ -236,12 +264,15 @@ def cifar_lt(
     profile: str = "exp",
     seed: int = 0,
     n_max: int | None = None,
+    val_per_class: int = 0,
     storage_options: StorageOptions = None,
 ) -> SourcePlan:
     """CIFAR-10/100-LT from the image-folder archive, an extracted folder, or the pickles.
 
     n_max is the protocol's (5000 / 500, every class of the real set); a smaller one serves a
-    subset of CIFAR."""
+    subset of CIFAR. val_per_class > 0 holds out a balanced val split from the training images
+    (:mod:`ltray.data.prepare.val_split`); 0, the default, keeps the published protocol."""
+    check_val_per_class(val_per_class)
     if dataset not in CIFAR:
         raise LtrayError(f"--dataset must be one of {', '.join(CIFAR)}, got {dataset!r}")
     check_imbalance(imbalance)
@@ -267,7 +298,7 @@ def cifar_lt(
         )
     if "test" not in tree.splits:
         raise LtrayError(f"{redact_url(src)}: no test split (expected train/ and test/)")
-    plan = _tree_plan("cifar-lt", tree, imbalance, profile, seed, n_max)
+    plan = _tree_plan("cifar-lt", tree, imbalance, profile, seed, n_max, None, val_per_class)
     plan.params["dataset"] = dataset
     if n_max != full:
         plan.params["n_max"] = n_max
