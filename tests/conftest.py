@@ -33,6 +33,20 @@ def cifar_lt_100(cifar_archive, tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def cifar_lt_100_val50(cifar_archive, tmp_path_factory) -> str:
+    """CIFAR-10-LT at IF 100 with a balanced val split of 50 images per class."""
+    from typer.testing import CliRunner
+
+    from ltray.cli import app
+
+    out = tmp_path_factory.mktemp("cifar") / "cifar10-lt-100-val50"
+    args = ["prepare", "cifar-lt", str(cifar_archive), str(out), "--imbalance", "100"]
+    result = CliRunner().invoke(app, [*args, "--val-per-class", "50"])
+    assert result.exit_code == 0, result.output
+    return str(out)
+
+
 S3_KEY = "LTRAYTESTKEYAKIA7Q3Z"
 S3_SECRET = "ltray-test-secret-9f8e7d6c5b4a"
 

@@ -395,6 +395,9 @@ class Trainer:
         )
         self.model.head = self.placement.prepare_module(head)
         numbers = {k: float(v) for k, v in info.items() if isinstance(v, int | float)}
+        for name, table in info.items():  # tau_norm's val accuracy of every tau it tried
+            if isinstance(table, dict):
+                numbers.update({f"{name}/{key:g}": float(v) for key, v in table.items()})
         return {f"stage2/{k}": v for k, v in numbers.items() if not math.isnan(v)}
 
     # --- the run -----------------------------------------------------------------------------

@@ -31,10 +31,12 @@ def shared_tracking(tmp_path_factory) -> str:
 @pytest.mark.shared_data
 @pytest.mark.parametrize("loss", LOSS_NAMES)
 def test_two_worker_run_completes_with_its_mlflow_run(
-    loss, cifar_lt_100, tmp_path, local_ray, shared_tracking
+    loss, cifar_lt_100_val50, tmp_path, local_ray, shared_tracking
 ):
+    """Every method, two epochs on 2 Ray workers, on CIFAR-10-LT with a val split of 50 per
+    class: evaluation each epoch on val, test once at the end, selection on val only."""
     job = make_job(
-        cifar_lt_100,
+        cifar_lt_100_val50,
         tmp_path,
         name=f"cifar-{loss}",
         tracking={"uri": shared_tracking, "experiment": loss, "log_model": loss == "dr"},
@@ -54,8 +56,13 @@ def test_two_worker_run_completes_with_its_mlflow_run(
         1,
     ]
     assert "test/acc" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
     if loss in ("crt", "lws", "tau_norm"):
-        assert any(key.startswith("stage2/") for key in run.data.metrics)
+        assert "stage2/val_acc" in run.data.metrics  # measured on the val split
+    if loss == "tau_norm":  # chosen on val: the first tau of the best val accuracy
+        by_tau = [final[f"stage2/val_acc_by_tau/{tau:g}"] for tau in job.loss.decoupled.tau_grid]
+        best = job.loss.decoupled.tau_grid[by_tau.index(max(by_tau))]
+        assert final["stage2/tau"] == best and final["stage2/val_acc"] == max(by_tau)
 
 
 def test_data_and_checkpoints_on_s3(tiny_data, s3_options, tmp_path, local_ray):
