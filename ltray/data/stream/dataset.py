@@ -7,6 +7,10 @@ group ahead of decoding, checks each shard's size against the manifest (and its 
 asked), decodes JPEG/PNG with torchvision.io and applies the transform with a generator seeded
 from (seed, epoch, rank, global batch index). It never loads a whole split into memory: a
 worker holds at most its shuffle buffer plus two row groups.
+
+With a ``sampler`` other than ``plain`` (:mod:`ltray.data.stream.samplers`) the dataset reads
+the ``label`` column of every shard once, when it is built, and each epoch emits rows as often
+as the sampler draws them, through the same streaming order.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ltray import fs
 from ltray.data.decode import decode_rgb
 from ltray.data.manifest import Manifest, ShardInfo, read_manifest
-from ltray.data.stream import order, partition
+from ltray.data.stream import order, partition, samplers
 from ltray.data.stream.transforms import Transform
 from ltray.errors import LtrayError
 from ltray.fs import StorageOptions
@@ -124,6 +128,23 @@ class ShardReader:
             table.column("id").to_pylist(),
         )
 
+    def read_labels(self) -> np.ndarray:
+        """The ``label`` column of every shard, in manifest order: the label of each global
+        row index (one small column per shard, checked against the manifest's rows)."""
+        parts = []
+        for shard, info in enumerate(self.shards):
+            parquet = self._parquet(shard)
+            try:
+                column = parquet.read(columns=["label"]).column("label")
+            except (pa.ArrowException, OSError, KeyError) as exc:
+                raise LtrayError(f"shard {info.path}: cannot read its labels ({exc})") from None
+            if len(column) != info.rows:
+                raise LtrayError(
+                    f"shard {info.path}: {len(column)} rows, the manifest says {info.rows}"
+                )
+            parts.append(column.to_numpy(zero_copy_only=False).astype(np.int64))
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
     def close(self) -> None:
         for handle, _ in self._open.values():
             handle.close()
@@ -197,6 +218,7 @@ class StreamingImageDataset(IterableDataset):
         equal_ranks: bool = False,
         decode: bool = True,
         manifest: Manifest | None = None,
+        sampler: str = "plain",
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -228,6 +250,34 @@ class StreamingImageDataset(IterableDataset):
         self.decode = decode
         self.epoch = 0
         self.start_batch = 0
+        samplers.SAMPLERS.get(sampler)  # an unknown name fails here, listing the valid ones
+        self.sampler = sampler
+        self.labels: np.ndarray | None = None
+        if sampler != "plain":
+            self.labels = self._read_labels()
+
+    def _read_labels(self) -> np.ndarray:
+        reader = ShardReader(self.url, self.shards, self.storage_options, self.verify_sha256)
+        try:
+            labels = reader.read_labels()
+        finally:
+            reader.close()
+        num_classes = self.manifest.num_classes
+        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+        if len(bad):
+            raise LtrayError(
+                f"split {self.split!r}: row {int(bad[0])} has label {int(labels[bad[0]])}, "
+                f"outside the manifest's {num_classes} classes"
+            )
+        return labels
+
+    def repeats(self) -> np.ndarray | None:
+        """Each row's count this epoch under the sampler; None for ``plain`` (once each)."""
+        if self.labels is None:
+            return None
+        return samplers.repeat_counts(
+            self.sampler, self.labels, self.manifest.num_classes, self.seed, self.epoch
+        )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch; ``start_batch`` resumes it after that many batches of this rank."""
@@ -266,6 +316,7 @@ class StreamingImageDataset(IterableDataset):
             drop_last=self.drop_last,
             equal_ranks=self.equal_ranks,
             start_batch=self.start_batch,
+            repeats=self.repeats(),
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -301,6 +352,9 @@ class StreamingImageDataset(IterableDataset):
         reads = self._reads(plan, np.concatenate(batches))
         ready_after = _ready_after(batches, reads)
         held: dict[int, tuple[bytes, int, str, int]] = {}
+        # a sampler can emit a row more than once: hold it until its last use
+        rows, uses = np.unique(np.concatenate(batches), return_counts=True)
+        remaining = dict(zip(rows.tolist(), uses.tolist(), strict=True))
         next_batch = 0
         groups = [(r.shard, r.group) for r in reads]
         for k, (read, (images, labels, ids)) in enumerate(
@@ -309,12 +363,14 @@ class StreamingImageDataset(IterableDataset):
             for i, row in zip(read.local.tolist(), read.rows.tolist(), strict=True):
                 held[row] = (images[i], labels[i], ids[i], read.shard)
             while next_batch < len(batches) and ready_after[next_batch] <= k:
-                yield self._collate(batches[next_batch], batch_ids[next_batch], held)
+                yield self._collate(batches[next_batch], batch_ids[next_batch], held, remaining)
                 next_batch += 1
         assert next_batch == len(batches), "a planned batch was never completed"
 
-    def _collate(self, rows: np.ndarray, batch_id: int, held: dict) -> dict[str, Any]:
-        entries = [held.pop(int(r)) for r in rows]
+    def _collate(
+        self, rows: np.ndarray, batch_id: int, held: dict, remaining: dict[int, int]
+    ) -> dict[str, Any]:
+        entries = [_take(held, remaining, int(r)) for r in rows]
         labels = torch.tensor([e[1] for e in entries], dtype=torch.int64)
         index = torch.from_numpy(np.asarray(rows, dtype=np.int64).copy())
         if not self.decode:
@@ -337,6 +393,12 @@ class StreamingImageDataset(IterableDataset):
                 f"(e.g. row {entries[0][2]!r}); pass a transform that resizes"
             )
         return {"image": torch.stack(images), "label": labels, "index": index}
+
+
+def _take(held: dict, remaining: dict[int, int], row: int) -> tuple[bytes, int, str, int]:
+    """A held row's entry, released after its last use in the worker's batches."""
+    remaining[row] -= 1
+    return held.pop(row) if remaining[row] == 0 else held[row]
 
 
 def _worker_message(exc: LtrayError) -> str:
