@@ -161,6 +161,20 @@ class _UnitRead:
     rows: np.ndarray
 
 
+class _Held(dict):
+    """Rows read and not yet emitted: row -> (image, label, id, shard). A sampler can emit a
+    row more than once, so each is held until its last use in the worker's batches."""
+
+    def __init__(self, wanted: np.ndarray) -> None:
+        super().__init__()
+        rows, uses = np.unique(wanted, return_counts=True)
+        self.remaining = dict(zip(rows.tolist(), uses.tolist(), strict=True))
+
+    def take(self, row: int) -> tuple[bytes, int, str, int]:
+        self.remaining[row] -= 1
+        return self.pop(row) if self.remaining[row] == 0 else self[row]
+
+
 def _ready_after(batches: list[np.ndarray], reads: list[_UnitRead]) -> np.ndarray:
     """For each batch, the position in ``reads`` after which all its rows have arrived."""
     arrived = np.concatenate([r.rows for r in reads])
@@ -351,10 +365,7 @@ class StreamingImageDataset(IterableDataset):
             return
         reads = self._reads(plan, np.concatenate(batches))
         ready_after = _ready_after(batches, reads)
-        held: dict[int, tuple[bytes, int, str, int]] = {}
-        # a sampler can emit a row more than once: hold it until its last use
-        rows, uses = np.unique(np.concatenate(batches), return_counts=True)
-        remaining = dict(zip(rows.tolist(), uses.tolist(), strict=True))
+        held = _Held(np.concatenate(batches))
         next_batch = 0
         groups = [(r.shard, r.group) for r in reads]
         for k, (read, (images, labels, ids)) in enumerate(
@@ -363,14 +374,12 @@ class StreamingImageDataset(IterableDataset):
             for i, row in zip(read.local.tolist(), read.rows.tolist(), strict=True):
                 held[row] = (images[i], labels[i], ids[i], read.shard)
             while next_batch < len(batches) and ready_after[next_batch] <= k:
-                yield self._collate(batches[next_batch], batch_ids[next_batch], held, remaining)
+                yield self._collate(batches[next_batch], batch_ids[next_batch], held)
                 next_batch += 1
         assert next_batch == len(batches), "a planned batch was never completed"
 
-    def _collate(
-        self, rows: np.ndarray, batch_id: int, held: dict, remaining: dict[int, int]
-    ) -> dict[str, Any]:
-        entries = [_take(held, remaining, int(r)) for r in rows]
+    def _collate(self, rows: np.ndarray, batch_id: int, held: _Held) -> dict[str, Any]:
+        entries = [held.take(int(r)) for r in rows]
         labels = torch.tensor([e[1] for e in entries], dtype=torch.int64)
         index = torch.from_numpy(np.asarray(rows, dtype=np.int64).copy())
         if not self.decode:
@@ -393,12 +402,6 @@ class StreamingImageDataset(IterableDataset):
                 f"(e.g. row {entries[0][2]!r}); pass a transform that resizes"
             )
         return {"image": torch.stack(images), "label": labels, "index": index}
-
-
-def _take(held: dict, remaining: dict[int, int], row: int) -> tuple[bytes, int, str, int]:
-    """A held row's entry, released after its last use in the worker's batches."""
-    remaining[row] -= 1
-    return held.pop(row) if remaining[row] == 0 else held[row]
 
 
 def _worker_message(exc: LtrayError) -> str:
