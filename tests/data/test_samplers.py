@@ -196,3 +196,12 @@ def test_a_resampled_epoch_still_holds_a_bounded_number_of_rows(synth_ds, monkey
     monkeypatch.setattr(reader.StreamingImageDataset, "_collate", spy)
     _read(_ds(synth_ds, shuffle_buffer=32, sampler=sampler), workers=0)
     assert 0 < peak[0] <= 32 + 2 * 16
+
+
+def test_a_label_outside_the_manifests_classes_is_refused_naming_the_row(synth_ds):
+    manifest = read_manifest(synth_ds)
+    labels = _labels_by_index(synth_ds)
+    manifest.classes = manifest.classes[:5]  # the rows of class 5 now lie outside
+    row = int(np.flatnonzero(labels == 5)[0])
+    with pytest.raises(LtrayError, match=rf"split 'train': row {row} has label 5, outside"):
+        _ds(synth_ds, manifest=manifest)

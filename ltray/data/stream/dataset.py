@@ -38,6 +38,10 @@ from ltray.secrets import redact_url
 
 COLUMNS = ["image", "label", "id"]
 _OPEN_SHARDS = 4
+# the labels of recently read splits, by (url, split, shards): shards are immutable, and a
+# trainer builds its training dataset afresh each epoch
+_LABELS: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
+_LABELS_KEPT = 4
 
 
 def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
@@ -161,6 +165,30 @@ class _UnitRead:
     rows: np.ndarray
 
 
+def _split_labels(
+    url: str,
+    split: str,
+    shards: list[ShardInfo],
+    storage_options: StorageOptions,
+    verify_sha256: bool,
+) -> np.ndarray:
+    """The label of every row of a split (read-only), read once and kept for a few splits."""
+    key = (url, split, tuple((s.path, s.bytes, s.sha256) for s in shards))
+    if key in _LABELS:
+        _LABELS.move_to_end(key)
+        return _LABELS[key]
+    reader = ShardReader(url, shards, storage_options, verify_sha256)
+    try:
+        labels = reader.read_labels()
+    finally:
+        reader.close()
+    labels.flags.writeable = False  # shared by every dataset of this split
+    _LABELS[key] = labels
+    if len(_LABELS) > _LABELS_KEPT:
+        _LABELS.popitem(last=False)
+    return labels
+
+
 class _Held(dict):
     """Rows read and not yet emitted: row -> (image, label, id, shard). A sampler can emit a
     row more than once, so each is held until its last use in the worker's batches."""
@@ -271,11 +299,9 @@ class StreamingImageDataset(IterableDataset):
             self.labels = self._read_labels()
 
     def _read_labels(self) -> np.ndarray:
-        reader = ShardReader(self.url, self.shards, self.storage_options, self.verify_sha256)
-        try:
-            labels = reader.read_labels()
-        finally:
-            reader.close()
+        labels = _split_labels(
+            self.url, self.split, self.shards, self.storage_options, self.verify_sha256
+        )
         num_classes = self.manifest.num_classes
         bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
         if len(bad):
