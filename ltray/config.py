@@ -54,6 +54,12 @@ class DataConfig(Section):
     )
     test_split: str = Field("test", description="split evaluated once, after the last epoch")
     shuffle_buffer: int = Field(8192, ge=1, description="rows in the bounded shuffle buffer")
+    sampler: Literal["plain", "class_balanced", "square_root"] = Field(
+        "plain",
+        description="training epoch's sampling (ltray.data.stream.samplers): plain: every row "
+        "once; class_balanced: class-uniform then instance-uniform, with replacement; "
+        "square_root: classes in proportion to sqrt(n_c). Evaluation always reads plain",
+    )
     loader_workers: int = Field(2, ge=0, le=64, description="data-loader processes per rank")
     verify_sha256: bool = Field(False, description="hash every shard against the manifest")
     storage_options: dict[str, Any] = Field(

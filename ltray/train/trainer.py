@@ -176,6 +176,7 @@ class Trainer:
             storage_options=data.storage_options,
             verify_sha256=data.verify_sha256,
             manifest=self.manifest,
+            sampler=data.sampler if train else "plain",
         )
 
     # --- checkpoints -------------------------------------------------------------------------

@@ -7,6 +7,10 @@ group ahead of decoding, checks each shard's size against the manifest (and its 
 asked), decodes JPEG/PNG with torchvision.io and applies the transform with a generator seeded
 from (seed, epoch, rank, global batch index). It never loads a whole split into memory: a
 worker holds at most its shuffle buffer plus two row groups.
+
+With a ``sampler`` other than ``plain`` (:mod:`ltray.data.stream.samplers`) the dataset reads
+the ``label`` column of every shard once, when it is built, and each epoch emits rows as often
+as the sampler draws them, through the same streaming order.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ltray import fs
 from ltray.data.decode import decode_rgb
 from ltray.data.manifest import Manifest, ShardInfo, read_manifest
-from ltray.data.stream import order, partition
+from ltray.data.stream import order, partition, samplers
 from ltray.data.stream.transforms import Transform
 from ltray.errors import LtrayError
 from ltray.fs import StorageOptions
@@ -34,6 +38,10 @@ from ltray.secrets import redact_url
 
 COLUMNS = ["image", "label", "id"]
 _OPEN_SHARDS = 4
+# the labels of recently read splits, by (url, split, shards): shards are immutable, and a
+# trainer builds its training dataset afresh each epoch
+_LABELS: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
+_LABELS_KEPT = 4
 
 
 def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
@@ -124,6 +132,23 @@ class ShardReader:
             table.column("id").to_pylist(),
         )
 
+    def read_labels(self) -> np.ndarray:
+        """The ``label`` column of every shard, in manifest order: the label of each global
+        row index (one small column per shard, checked against the manifest's rows)."""
+        parts = []
+        for shard, info in enumerate(self.shards):
+            parquet = self._parquet(shard)
+            try:
+                column = parquet.read(columns=["label"]).column("label")
+            except (pa.ArrowException, OSError, KeyError) as exc:
+                raise LtrayError(f"shard {info.path}: cannot read its labels ({exc})") from None
+            if len(column) != info.rows:
+                raise LtrayError(
+                    f"shard {info.path}: {len(column)} rows, the manifest says {info.rows}"
+                )
+            parts.append(column.to_numpy(zero_copy_only=False).astype(np.int64))
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
     def close(self) -> None:
         for handle, _ in self._open.values():
             handle.close()
@@ -138,6 +163,44 @@ class _UnitRead:
     group: int
     local: np.ndarray
     rows: np.ndarray
+
+
+def _split_labels(
+    url: str,
+    split: str,
+    shards: list[ShardInfo],
+    storage_options: StorageOptions,
+    verify_sha256: bool,
+) -> np.ndarray:
+    """The label of every row of a split (read-only), read once and kept for a few splits."""
+    key = (url, split, tuple((s.path, s.bytes, s.sha256) for s in shards))
+    if key in _LABELS:
+        _LABELS.move_to_end(key)
+        return _LABELS[key]
+    reader = ShardReader(url, shards, storage_options, verify_sha256)
+    try:
+        labels = reader.read_labels()
+    finally:
+        reader.close()
+    labels.flags.writeable = False  # shared by every dataset of this split
+    _LABELS[key] = labels
+    if len(_LABELS) > _LABELS_KEPT:
+        _LABELS.popitem(last=False)
+    return labels
+
+
+class _Held(dict):
+    """Rows read and not yet emitted: row -> (image, label, id, shard). A sampler can emit a
+    row more than once, so each is held until its last use in the worker's batches."""
+
+    def __init__(self, wanted: np.ndarray) -> None:
+        super().__init__()
+        rows, uses = np.unique(wanted, return_counts=True)
+        self.remaining = dict(zip(rows.tolist(), uses.tolist(), strict=True))
+
+    def take(self, row: int) -> tuple[bytes, int, str, int]:
+        self.remaining[row] -= 1
+        return self.pop(row) if self.remaining[row] == 0 else self[row]
 
 
 def _ready_after(batches: list[np.ndarray], reads: list[_UnitRead]) -> np.ndarray:
@@ -197,6 +260,7 @@ class StreamingImageDataset(IterableDataset):
         equal_ranks: bool = False,
         decode: bool = True,
         manifest: Manifest | None = None,
+        sampler: str = "plain",
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -228,6 +292,32 @@ class StreamingImageDataset(IterableDataset):
         self.decode = decode
         self.epoch = 0
         self.start_batch = 0
+        samplers.SAMPLERS.get(sampler)  # an unknown name fails here, listing the valid ones
+        self.sampler = sampler
+        self.labels: np.ndarray | None = None
+        if sampler != "plain":
+            self.labels = self._read_labels()
+
+    def _read_labels(self) -> np.ndarray:
+        labels = _split_labels(
+            self.url, self.split, self.shards, self.storage_options, self.verify_sha256
+        )
+        num_classes = self.manifest.num_classes
+        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+        if len(bad):
+            raise LtrayError(
+                f"split {self.split!r}: row {int(bad[0])} has label {int(labels[bad[0]])}, "
+                f"outside the manifest's {num_classes} classes"
+            )
+        return labels
+
+    def repeats(self) -> np.ndarray | None:
+        """Each row's count this epoch under the sampler; None for ``plain`` (once each)."""
+        if self.labels is None:
+            return None
+        return samplers.repeat_counts(
+            self.sampler, self.labels, self.manifest.num_classes, self.seed, self.epoch
+        )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch; ``start_batch`` resumes it after that many batches of this rank."""
@@ -266,6 +356,7 @@ class StreamingImageDataset(IterableDataset):
             drop_last=self.drop_last,
             equal_ranks=self.equal_ranks,
             start_batch=self.start_batch,
+            repeats=self.repeats(),
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -300,7 +391,7 @@ class StreamingImageDataset(IterableDataset):
             return
         reads = self._reads(plan, np.concatenate(batches))
         ready_after = _ready_after(batches, reads)
-        held: dict[int, tuple[bytes, int, str, int]] = {}
+        held = _Held(np.concatenate(batches))
         next_batch = 0
         groups = [(r.shard, r.group) for r in reads]
         for k, (read, (images, labels, ids)) in enumerate(
@@ -313,8 +404,8 @@ class StreamingImageDataset(IterableDataset):
                 next_batch += 1
         assert next_batch == len(batches), "a planned batch was never completed"
 
-    def _collate(self, rows: np.ndarray, batch_id: int, held: dict) -> dict[str, Any]:
-        entries = [held.pop(int(r)) for r in rows]
+    def _collate(self, rows: np.ndarray, batch_id: int, held: _Held) -> dict[str, Any]:
+        entries = [held.take(int(r)) for r in rows]
         labels = torch.tensor([e[1] for e in entries], dtype=torch.int64)
         index = torch.from_numpy(np.asarray(rows, dtype=np.int64).copy())
         if not self.decode:

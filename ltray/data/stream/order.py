@@ -16,6 +16,11 @@ shuffle_buffer) alone:
    skipping workers that ran out: that interleaving is the rank's canonical batch order,
    and a batch's position in it is its global batch index (it seeds the augmentation).
 
+With a sampler (:mod:`ltray.data.stream.samplers`), step 1 emits row i ``repeats[i]`` times in
+a row where the plain stream emits it once; the stream keeps its length N (the repeats sum to
+N), so steps 2-4 and the resume below are unchanged. Without one (``repeats=None``) the
+order is the plain one, bit for bit.
+
 Resuming at canonical batch b: the batch at b belongs to worker l0 in round j0. Physical
 worker p then plays logical worker (l0 + p) mod K, skipping the batches that logical worker
 emitted before b; DataLoader's round robin over the rotated workers replays b, b+1, ...
@@ -88,6 +93,18 @@ def stream_slice(units: Units, order: np.ndarray, start: int, stop: int) -> np.n
     ]
     begin = int(ends[first] - lengths[first])
     return np.concatenate(pieces)[start - begin : stop - begin]
+
+
+def repeated_stream_slice(
+    units: Units, order: np.ndarray, repeats: np.ndarray, start: int, stop: int
+) -> np.ndarray:
+    """Like :func:`stream_slice` where row i stands ``repeats[i]`` times in a row."""
+    if stop <= start:
+        return np.empty(0, dtype=np.int64)
+    rows = np.concatenate(
+        [np.arange(units.offset[u], units.offset[u] + units.rows[u]) for u in order]
+    )
+    return np.repeat(rows, repeats[rows])[start:stop]
 
 
 def buffered_shuffle(n: int, buffer_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -176,9 +193,16 @@ def plan_worker(
     drop_last: bool = False,
     equal_ranks: bool = False,
     start_batch: int = 0,
+    repeats: np.ndarray | None = None,
 ) -> WorkerPlan:
-    """The batches physical ``worker`` yields (see the module docstring)."""
+    """The batches physical ``worker`` yields (see the module docstring); ``repeats``: each
+    row's count this epoch from a sampler (summing to the split's rows), None: once each."""
     units = units_of(row_groups)
+    if repeats is not None:
+        repeats = np.asarray(repeats, dtype=np.int64)
+        assert len(repeats) == units.num_rows and repeats.sum() == units.num_rows, (
+            "repeat counts must cover every row and sum to the split's rows"
+        )
     rank_start, rank_stop = partition.rank_rows(
         units.num_rows, rank, world_size, batch_size, drop_last, equal_ranks
     )
@@ -189,7 +213,12 @@ def plan_worker(
     logical = resume.logical[worker]
     w_start, w_stop = partition.worker_rows(n_rank, batch_size, num_workers, logical)
     order = unit_order(len(units), seed, epoch, shuffle)
-    rows = stream_slice(units, order, rank_start + w_start, rank_start + w_stop)
+    if repeats is None:
+        rows = stream_slice(units, order, rank_start + w_start, rank_start + w_stop)
+    else:
+        rows = repeated_stream_slice(
+            units, order, repeats, rank_start + w_start, rank_start + w_stop
+        )
     emitted = rows
     if shuffle:
         rng = np.random.default_rng([seed, epoch, rank, logical])
