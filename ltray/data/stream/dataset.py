@@ -191,14 +191,20 @@ def _split_labels(
 
 class _Held(dict):
     """Rows read and not yet emitted: row -> (image, label, id, shard). A sampler can emit a
-    row more than once, so each is held until its last use in the worker's batches."""
+    row more than once, so each is held until its last use in the worker's batches; with
+    ``repeats`` False (plain order: every row once) a row is released at its use, without
+    counting."""
 
-    def __init__(self, wanted: np.ndarray) -> None:
+    def __init__(self, wanted: np.ndarray, repeats: bool) -> None:
         super().__init__()
-        rows, uses = np.unique(wanted, return_counts=True)
-        self.remaining = dict(zip(rows.tolist(), uses.tolist(), strict=True))
+        self.remaining: dict[int, int] | None = None
+        if repeats:
+            rows, uses = np.unique(wanted, return_counts=True)
+            self.remaining = dict(zip(rows.tolist(), uses.tolist(), strict=True))
 
     def take(self, row: int) -> tuple[bytes, int, str, int]:
+        if self.remaining is None:
+            return self.pop(row)
         self.remaining[row] -= 1
         return self.pop(row) if self.remaining[row] == 0 else self[row]
 
@@ -391,7 +397,7 @@ class StreamingImageDataset(IterableDataset):
             return
         reads = self._reads(plan, np.concatenate(batches))
         ready_after = _ready_after(batches, reads)
-        held = _Held(np.concatenate(batches))
+        held = _Held(np.concatenate(batches), repeats=self.sampler != "plain")
         next_batch = 0
         groups = [(r.shard, r.group) for r in reads]
         for k, (read, (images, labels, ids)) in enumerate(
