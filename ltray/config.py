@@ -123,7 +123,9 @@ class DecoupledConfig(Section):
     stage1_loss: str = Field("ce", description="loss of the joint first stage")
     epochs: int = Field(10, ge=0, description="stage-2 epochs (crt, lws); tau_norm needs none")
     lr: float = Field(0.2, gt=0.0, description="stage-2 learning rate")
-    batch_size: int = Field(512, ge=1, description="stage-2 batch (class-balanced sampling)")
+    batch_size: int = Field(
+        512, ge=1, description="stage-2 global batch, split over the workers (class-balanced)"
+    )
     weight_decay: float = Field(5.0e-4, ge=0.0, description="stage-2 weight decay")
     tau_grid: list[float] = Field(
         default_factory=lambda: [round(0.1 * i, 1) for i in range(21)],

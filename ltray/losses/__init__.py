@@ -3,7 +3,8 @@
 Every entry is ``(cfg: LossConfig, class_counts) -> Criterion``. The decoupled methods
 ``crt``, ``lws`` and ``tau_norm`` train their first stage jointly with the loss named by
 ``cfg.decoupled.stage1_loss`` (default ``ce``), so their entries return that loss; the second
-stage is ``ltray.train.decoupled.run_decoupled`` on the frozen backbone's features.
+stage is ``ltray.train.classifier_stage`` (crt, lws: images through the frozen backbone) or
+``ltray.train.decoupled.tau_norm`` (tau chosen on the val split).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -37,7 +38,8 @@ from ltray.losses import build_loss, head_for
 from ltray.models import build_model
 from ltray.secrets import join_secrets, public_url, redact_url
 from ltray.tracking import make_tracker
-from ltray.train.decoupled import collect_features, run_decoupled
+from ltray.train.classifier_stage import RETRAINED, retrain_classifier
+from ltray.train.decoupled import accuracy, collect_features, tau_norm
 from ltray.train.device import Normalizer, Placement, wants_gpu
 from ltray.train.divergence import (
     NonFiniteLoss,
@@ -160,12 +162,14 @@ class Trainer:
             groups, lr=self.peak_lr, momentum=optim.momentum, nesterov=optim.nesterov
         )
 
-    def _dataset(self, split: str, train: bool) -> StreamingImageDataset:
+    def _dataset(
+        self, split: str, train: bool, batch_size: int | None = None, sampler: str | None = None
+    ) -> StreamingImageDataset:
         data = self.job.data
         return StreamingImageDataset(
             data.url,
             split,
-            batch_size=self.job.optim.batch_size,
+            batch_size=batch_size or self.job.optim.batch_size,
             rank=self.rank,
             world_size=self.world,
             seed=self.job.seed,
@@ -176,7 +180,7 @@ class Trainer:
             storage_options=data.storage_options,
             verify_sha256=data.verify_sha256,
             manifest=self.manifest,
-            sampler=data.sampler if train else "plain",
+            sampler=sampler or (data.sampler if train else "plain"),
         )
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -377,29 +381,61 @@ class Trainer:
         )
 
     def run_stage2(self) -> dict[str, float]:
+        """crt and lws re-train the classifier on augmented, class-balanced images through the
+        frozen backbone (:mod:`ltray.train.classifier_stage`); tau_norm rescales it with a tau
+        chosen on the val split's features (:mod:`ltray.train.decoupled`)."""
         method = self.job.loss.name
-        train_f, train_y = self._features(self.job.data.train_split)
-        if self.val_split is not None:
-            val_f, val_y = self._features(self.val_split)
-        else:  # no validation split: nothing is selected (tau_norm needs a given tau), never test
-            val_f, val_y = train_f[:0], train_y[:0]
-        head, info = run_decoupled(
-            method,
-            self.model.head.cpu(),
-            train_f,
-            train_y,
-            val_f,
-            val_y,
-            self.train_counts,
-            self.job.loss.decoupled,
-            seed=self.job.seed,
-        )
+        if method in RETRAINED:
+            head, info = self._retrain_classifier(method)
+        else:
+            if self.val_split is not None:
+                val_f, val_y = self._features(self.val_split)
+            else:  # no val split: nothing is selected (tau_norm needs a given tau), never test
+                val_f = torch.empty(0, self.model.feature_dim)
+                val_y = torch.empty(0, dtype=torch.long)
+            head, info = tau_norm(self.model.head.cpu(), val_f, val_y, self.job.loss.decoupled)
         self.model.head = self.placement.prepare_module(head)
         numbers = {k: float(v) for k, v in info.items() if isinstance(v, int | float)}
         for name, table in info.items():  # tau_norm's val accuracy of every tau it tried
             if isinstance(table, dict):
                 numbers.update({f"{name}/{key:g}": float(v) for key, v in table.items()})
         return {f"stage2/{k}": v for k, v in numbers.items() if not math.isnan(v)}
+
+    def _retrain_classifier(self, method: str) -> tuple[torch.nn.Module, dict[str, float]]:
+        cfg, workers = self.job.loss.decoupled, self.job.data.loader_workers
+        dataset = self._dataset(
+            self.job.data.train_split,
+            train=True,
+            batch_size=max(1, cfg.batch_size // self.world),  # a global batch, as Kang et al.
+            sampler="class_balanced",
+        )
+        cap = self.job.schedule.max_steps_per_epoch
+        steps = dataset.num_batches(workers)
+        steps = min(steps, cap) if cap else steps
+
+        def epoch_batches(stage2_epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+            # the order's epochs continue after stage 1's, so stage 2 draws its own samples
+            dataset.set_epoch(self.job.schedule.epochs + stage2_epoch)
+            for step, batch in enumerate(make_loader(dataset, num_workers=workers)):
+                if step >= steps:
+                    break
+                yield batch
+
+        head, info = retrain_classifier(
+            method,
+            self.model,
+            epoch_batches,
+            steps,
+            self.normalize,
+            self.placement,
+            cfg,
+            self.job.seed,
+            self.distributed,
+        )
+        if self.val_split is not None:
+            val_f, val_y = self._features(self.val_split)
+            info["val_acc"] = accuracy(head.cpu(), val_f, val_y)
+        return head, info
 
     # --- the run -----------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:

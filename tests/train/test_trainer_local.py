@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from train_support import local_state, make_job
+from train_support import cpu_run_name, local_state, make_job
 
 from ltray.data import read_manifest
 from ltray.errors import LtrayError
@@ -204,3 +204,41 @@ def test_tau_norm_with_a_given_tau_logs_it_and_selects_nothing(tiny_data, tmp_pa
     final = run_job(job, local=True).metrics
     assert final["stage2/tau"] == 0.3
     assert "stage2/val_acc" not in final  # no val split: nothing measured, nothing chosen
+
+
+@pytest.mark.parametrize("method", ["crt", "lws"])
+def test_crt_and_lws_retrain_the_head_on_augmented_balanced_images_of_a_frozen_backbone(
+    tiny_data, tmp_path, monkeypatch, method
+):
+    import io
+
+    from ltray.train.checkpoint import CHECKPOINT_FILE, load_state
+
+    datasets = []
+    original = trainer_module.Trainer._dataset
+
+    def spy(self, split, train, batch_size=None, sampler=None):
+        dataset = original(self, split, train, batch_size, sampler)
+        datasets.append((split, train, dataset.sampler, dataset.batch_size))
+        return dataset
+
+    monkeypatch.setattr(trainer_module.Trainer, "_dataset", spy)
+    decoupled = {"epochs": 2, "batch_size": 32}
+    job = make_job(tiny_data, tmp_path, loss={"name": method, "decoupled": decoupled})
+    final = run_job(job, local=True).metrics
+    assert final["stage2/epochs"] == 2 and final["stage2/train_loss"] > 0
+    # stage 2 read augmented (train=True) training images, class-balanced, in batches of 32
+    assert ("train", True, "class_balanced", 32) in datasets
+    assert ("train", True, "plain", job.optim.batch_size) in datasets  # stage 1
+    folder = tmp_path / "runs" / cpu_run_name(job, local=True) / "local"
+    stage1, done = sorted(folder.iterdir())  # the last stage-1 checkpoint and the finished run
+    assert done.name.endswith("_final")
+    before = load_state(io.BytesIO((stage1 / CHECKPOINT_FILE).read_bytes()))["model"]
+    after = load_state(io.BytesIO((done / CHECKPOINT_FILE).read_bytes()))["model"]
+    for key, value in before.items():  # the backbone, batch-norm statistics included, is frozen
+        if not key.startswith("head."):
+            torch.testing.assert_close(after[key], value, rtol=0, atol=0)
+    assert not torch.equal(after["head.weight"], before["head.weight"])
+    if method == "lws":  # the stage-1 rows, each scaled by its class's learned factor
+        ratio = after["head.weight"] / before["head.weight"]
+        torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-5, atol=0)
