@@ -34,6 +34,8 @@ LOSS_NAMES = (
     "tau_norm",
 )
 DECOUPLED_METHODS = ("crt", "lws", "tau_norm")
+# methods with a second stage after the joint one: the decoupled ones, and weight balancing
+TWO_STAGE_METHODS = (*DECOUPLED_METHODS, "weight_balancing")
 
 
 class Section(BaseModel):
@@ -118,7 +120,7 @@ class NormConfig(Section):
 
 
 class DecoupledConfig(Section):
-    """Second stage for crt / lws / tau_norm, run on the stage-1 backbone."""
+    """Second stage for crt / lws / tau_norm / weight_balancing, on the stage-1 backbone."""
 
     stage1_loss: str = Field("ce", description="loss of the joint first stage")
     epochs: int = Field(10, ge=0, description="stage-2 epochs (crt, lws); tau_norm needs none")
@@ -130,6 +132,13 @@ class DecoupledConfig(Section):
     tau_grid: list[float] = Field(
         default_factory=lambda: [round(0.1 * i, 1) for i in range(21)],
         description="tau values tried by tau_norm, chosen on validation data (never test)",
+    )
+    max_norm_ratio: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="weight_balancing stage 2: MaxNorm radius of every classifier row, "
+        "min + ratio x (max - min) of the stage-1 row norms",
     )
     tau: float | None = Field(
         None,
@@ -161,7 +170,12 @@ class LossConfig(Section):
     ldam_scale: float = Field(30.0, gt=0.0, description="LDAM: logit scale")
     drw_epoch: int = Field(160, ge=0, description="deferred re-weighting starts at this epoch")
     drw_beta: float = Field(0.9999, ge=0.0, lt=1.0, description="DRW effective-number beta")
-    max_norm: float = Field(1.0, gt=0.0, description="weight_balancing: per-class MaxNorm bound")
+    max_norm: float | None = Field(
+        None,
+        gt=0.0,
+        description="weight_balancing stage 1: per-class MaxNorm bound; null: none (the "
+        "authors' stage 1 uses weight decay alone)",
+    )
     decoupled: DecoupledConfig = Field(
         default_factory=DecoupledConfig, description="crt, lws, tau_norm: the second stage"
     )
@@ -184,7 +198,8 @@ class LossConfig(Section):
 
     @property
     def is_decoupled(self) -> bool:
-        return self.name in DECOUPLED_METHODS
+        """A second stage runs on the classifier after the joint first stage."""
+        return self.name in TWO_STAGE_METHODS
 
 
 class OptimConfig(Section):

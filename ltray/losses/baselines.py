@@ -101,13 +101,12 @@ class PriorAdjustedCE(Criterion):
 
 
 class WeightBalancing(CrossEntropy):
-    """Alshammari et al. 2022: cross-entropy, the job's weight decay, and per-class MaxNorm.
+    """Alshammari et al. 2022, stage 1: cross-entropy, the job's (high) weight decay and,
+    when ``max_norm`` is set, per-class MaxNorm: after every optimiser step, each classifier
+    row whose norm exceeds it is scaled back onto the ball (projected gradient descent); the
+    bias is not constrained. Stage 2 is :mod:`ltray.train.classifier_stage`."""
 
-    After every optimiser step, each classifier row whose norm exceeds ``max_norm`` is scaled
-    back onto the ball (projected gradient descent); the bias is not constrained.
-    """
-
-    def __init__(self, class_counts: Sequence[int], max_norm: float) -> None:
+    def __init__(self, class_counts: Sequence[int], max_norm: float | None) -> None:
         super().__init__(class_counts)
         self.max_norm = max_norm
 
@@ -117,6 +116,8 @@ class WeightBalancing(CrossEntropy):
 
     @torch.no_grad()
     def after_step(self, model: nn.Module) -> None:
+        if self.max_norm is None:
+            return
         weight = unwrap(model).head.weight
         norms = weight.norm(dim=1, keepdim=True)
         weight.mul_((self.max_norm / norms.clamp_min(1e-12)).clamp(max=1.0))

@@ -1,18 +1,25 @@
-"""cRT and LWS as Kang et al. (ICLR 2020) ran them: a second stage on IMAGES, not cached features.
+"""The classifier-only second stage, on IMAGES through the frozen backbone, as the authors ran it.
 
 After the joint first stage the backbone is frozen (its weights and its batch-norm statistics:
 it runs in eval mode), and the classifier alone is trained for ``loss.decoupled.epochs`` epochs
-on augmented training images drawn class-balanced (a class uniformly, then one of its images),
-in the same distributed loop as stage 1 (DDP over the head's parameters only):
+on augmented training images in the same distributed loop as stage 1 (DDP over the head's
+parameters only), SGD with momentum 0.9, lr ``loss.decoupled.lr`` decaying to 0 with a cosine
+over all stage-2 steps, weight decay ``loss.decoupled.weight_decay``, a global batch of
+``loss.decoupled.batch_size`` split over the workers:
 
-    crt  the linear head is re-initialised (seeded) and re-trained
-    lws  the head is kept and one scale per class is learned; the scales are then folded into
-         its rows and bias, so the result is a plain linear head again
+    crt               Kang et al. 2020: the linear head is re-initialised (seeded) and
+                      re-trained with cross-entropy on class-balanced batches
+    lws               Kang et al. 2020: the head is kept and one scale per class is learned on
+                      class-balanced batches; the scales are folded into its rows and bias
+    weight_balancing  Alshammari et al. 2022: the head is fine-tuned with the class-balanced
+                      loss (cross-entropy weighted by effective numbers, ``loss.beta``) on
+                      instance-sampled batches, under MaxNorm: after every step, rows longer
+                      than min + ``max_norm_ratio`` x (max - min) of the stage-1 row norms are
+                      projected back onto that radius (the bias is free)
 
-SGD with momentum 0.9, weight decay ``loss.decoupled.weight_decay`` (5e-4), lr
-``loss.decoupled.lr`` (0.2) decaying to 0 with a cosine over all stage-2 steps, a global batch
-of ``loss.decoupled.batch_size`` (512, split over the workers): Kang et al.'s released configs.
-"""
+Kang et al.'s released configs: 10 epochs, lr 0.2, weight decay 5e-4, batch 512 (the
+defaults); Alshammari et al.'s CIFAR-LT: 10 epochs, lr 0.01, weight decay 0.1, batch 64,
+MaxNorm ratio 0.1 (jobs/weight_balancing_cifar10_lt.yaml)."""
 
 from __future__ import annotations
 
@@ -32,7 +39,8 @@ from ltray.errors import LtrayError
 from ltray.models.heads import LinearHead
 
 MOMENTUM = 0.9
-RETRAINED = ("crt", "lws")
+RETRAINED = ("crt", "lws", "weight_balancing")
+SAMPLER = {"crt": "class_balanced", "lws": "class_balanced", "weight_balancing": "plain"}
 
 
 class HeadOnly(nn.Module):
@@ -66,11 +74,16 @@ def retrain_classifier(
     cfg: DecoupledConfig,
     seed: int,
     distributed: bool,
+    class_weights: Tensor | None = None,
 ) -> tuple[LinearHead, dict[str, float]]:
     """The new head of ``model`` after stage 2 (``model`` itself is left as it was), and the
-    last epoch's mean loss. ``epochs_of_batches(e)`` yields stage-2 epoch ``e``'s batches."""
+    last epoch's mean loss. ``epochs_of_batches(e)`` yields stage-2 epoch ``e``'s batches
+    (drawn as ``SAMPLER[method]`` says); ``class_weights`` weight the cross-entropy
+    (weight_balancing's class-balanced loss)."""
     if method not in RETRAINED:
-        raise LtrayError(f"unknown classifier re-training {method!r}; valid: crt, lws")
+        raise LtrayError(
+            f"unknown classifier re-training {method!r}; valid: {', '.join(RETRAINED)}"
+        )
     if not isinstance(model.head, LinearHead):
         raise LtrayError(
             f"{method} needs a linear head from stage 1, got {type(model.head).__name__} "
@@ -83,14 +96,20 @@ def retrain_classifier(
     device = placement.device
     head = copy.deepcopy(model.head).float().to(device)
     scales = None
+    radius = None
     if method == "crt":
         generator = torch.Generator().manual_seed(seed)
         head.reset_parameters(generator=generator)
         trained = list(head.parameters())
-    else:
+    elif method == "lws":
         head.requires_grad_(False)
         scales = nn.Parameter(torch.ones(head.out_features, device=device))
         trained = [scales]
+    else:  # weight_balancing: fine-tune the stage-1 head under MaxNorm
+        norms = head.weight.detach().norm(dim=1)
+        radius = norms.min() + cfg.max_norm_ratio * (norms.max() - norms.min())
+        trained = list(head.parameters())
+    weights = class_weights.to(device) if class_weights is not None else None
     backbone = copy.deepcopy(model.backbone)
     stage: nn.Module = HeadOnly(backbone, head, scales)
     if distributed:
@@ -112,10 +131,12 @@ def retrain_classifier(
             labels = batch["label"].to(device, non_blocking=True)
             with placement.autocast():
                 logits = stage(normalize(batch["image"]))
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = F.cross_entropy(logits.float(), labels, weight=weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if radius is not None:
+                project_rows(head.weight, radius)
             done += 1
             loss_sum += loss.detach().double() * len(labels)
             seen += len(labels)
@@ -129,4 +150,14 @@ def retrain_classifier(
             if head.bias is not None:
                 head.bias.mul_(scales)
     head.requires_grad_(True).eval()
-    return head, {"train_loss": last_loss, "epochs": float(cfg.epochs)}
+    info = {"train_loss": last_loss, "epochs": float(cfg.epochs)}
+    if radius is not None:
+        info["max_norm_radius"] = float(radius)
+    return head, info
+
+
+@torch.no_grad()
+def project_rows(weight: Tensor, radius: Tensor) -> None:
+    """MaxNorm by projected gradient descent: rows longer than ``radius`` scaled onto it."""
+    norms = weight.norm(dim=1, keepdim=True)
+    weight.mul_((radius / norms.clamp_min(1e-12)).clamp(max=1.0))

@@ -35,10 +35,12 @@ from ltray.data.stream import StreamingImageDataset, make_loader
 from ltray.data.stream.transforms import build_transform
 from ltray.errors import LtrayError
 from ltray.losses import build_loss, head_for
+from ltray.losses.base import effective_number_weights
 from ltray.models import build_model
 from ltray.secrets import join_secrets, public_url, redact_url
 from ltray.tracking import make_tracker
 from ltray.train.classifier_stage import RETRAINED, retrain_classifier
+from ltray.train.classifier_stage import SAMPLER as STAGE2_SAMPLER
 from ltray.train.decoupled import accuracy, collect_features, tau_norm
 from ltray.train.device import Normalizer, Placement, wants_gpu
 from ltray.train.divergence import (
@@ -381,7 +383,7 @@ class Trainer:
         )
 
     def run_stage2(self) -> dict[str, float]:
-        """crt and lws re-train the classifier on augmented, class-balanced images through the
+        """crt, lws and weight_balancing train the classifier on augmented images through the
         frozen backbone (:mod:`ltray.train.classifier_stage`); tau_norm rescales it with a tau
         chosen on the val split's features (:mod:`ltray.train.decoupled`)."""
         method = self.job.loss.name
@@ -406,8 +408,8 @@ class Trainer:
         dataset = self._dataset(
             self.job.data.train_split,
             train=True,
-            batch_size=max(1, cfg.batch_size // self.world),  # a global batch, as Kang et al.
-            sampler="class_balanced",
+            batch_size=max(1, cfg.batch_size // self.world),  # a global batch, as the authors'
+            sampler=STAGE2_SAMPLER[method],
         )
         cap = self.job.schedule.max_steps_per_epoch
         steps = dataset.num_batches(workers)
@@ -431,6 +433,11 @@ class Trainer:
             cfg,
             self.job.seed,
             self.distributed,
+            class_weights=(
+                effective_number_weights(self.train_counts, self.job.loss.beta)
+                if method == "weight_balancing"
+                else None
+            ),
         )
         if self.val_split is not None:
             val_f, val_y = self._features(self.val_split)

@@ -7,7 +7,7 @@ import mlflow
 import pytest
 from train_support import make_job
 
-from ltray.config import LOSS_NAMES
+from ltray.config import LOSS_NAMES, TWO_STAGE_METHODS
 from ltray.train.launcher import run_job
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def test_two_worker_run_completes_with_its_mlflow_run(
     ]
     assert "test/acc" in run.data.metrics
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
-    if loss in ("crt", "lws", "tau_norm"):
+    if loss in TWO_STAGE_METHODS:
         assert "stage2/val_acc" in run.data.metrics  # measured on the val split
     if loss == "tau_norm":  # chosen on val: the first tau of the best val accuracy
         by_tau = [final[f"stage2/val_acc_by_tau/{tau:g}"] for tau in job.loss.decoupled.tau_grid]

@@ -206,8 +206,8 @@ def test_tau_norm_with_a_given_tau_logs_it_and_selects_nothing(tiny_data, tmp_pa
     assert "stage2/val_acc" not in final  # no val split: nothing measured, nothing chosen
 
 
-@pytest.mark.parametrize("method", ["crt", "lws"])
-def test_crt_and_lws_retrain_the_head_on_augmented_balanced_images_of_a_frozen_backbone(
+@pytest.mark.parametrize("method", ["crt", "lws", "weight_balancing"])
+def test_the_second_stage_trains_the_head_on_augmented_images_of_a_frozen_backbone(
     tiny_data, tmp_path, monkeypatch, method
 ):
     import io
@@ -227,8 +227,10 @@ def test_crt_and_lws_retrain_the_head_on_augmented_balanced_images_of_a_frozen_b
     job = make_job(tiny_data, tmp_path, loss={"name": method, "decoupled": decoupled})
     final = run_job(job, local=True).metrics
     assert final["stage2/epochs"] == 2 and final["stage2/train_loss"] > 0
-    # stage 2 read augmented (train=True) training images, class-balanced, in batches of 32
-    assert ("train", True, "class_balanced", 32) in datasets
+    # stage 2 read augmented (train=True) training images, class-balanced for crt and lws and
+    # instance-sampled for weight balancing (its loss balances), in batches of 32
+    sampler = "plain" if method == "weight_balancing" else "class_balanced"
+    assert ("train", True, sampler, 32) in datasets
     assert ("train", True, "plain", job.optim.batch_size) in datasets  # stage 1
     folder = tmp_path / "runs" / cpu_run_name(job, local=True) / "local"
     stage1, done = sorted(folder.iterdir())  # the last stage-1 checkpoint and the finished run
@@ -242,3 +244,8 @@ def test_crt_and_lws_retrain_the_head_on_augmented_balanced_images_of_a_frozen_b
     if method == "lws":  # the stage-1 rows, each scaled by its class's learned factor
         ratio = after["head.weight"] / before["head.weight"]
         torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-5, atol=0)
+    if method == "weight_balancing":  # MaxNorm: no row longer than the radius from stage 1
+        norms = before["head.weight"].norm(dim=1)
+        radius = norms.min() + 0.1 * (norms.max() - norms.min())
+        assert final["stage2/max_norm_radius"] == pytest.approx(radius.item(), rel=1e-6)
+        assert after["head.weight"].norm(dim=1).max() <= radius * (1 + 1e-6)
