@@ -14,6 +14,11 @@ from ltray import logs
 from ltray.errors import LtrayError
 from ltray.secrets import scrub
 
+JobFile = Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/cifar10_lt.yaml")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a key: --set loss.margin=0.3 (repeatable)"),
+]
 Verbose = Annotated[
     bool,
     typer.Option(

@@ -4,24 +4,20 @@ what it means, as YAML a user can copy into a job file."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from ltray.cli.console import exit_on_error
+from ltray.cli.console import JobFile, Overrides, exit_on_error
 from ltray.secrets import MASK, is_secret_key, redact_url
 
 
 def config(
-    job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/cifar10_lt.yaml")],
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="override a key: --set loss.margin=0.3 (repeatable)"),
-    ] = None,
+    job_file: JobFile,
+    overrides: Overrides = None,
 ) -> None:
     """Print the resolved job: every key, its value, its default and a one-line description."""
     from ltray.config import load_job

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ltray.cli.console import Verbose, exit_on_error, quiet_unless
+from ltray.cli.console import JobFile, Overrides, Verbose, exit_on_error, quiet_unless
 from ltray.config import JobConfig
 from ltray.secrets import public_url
 
 
 def train(
-    job_file: Annotated[Path, typer.Argument(help="job YAML, e.g. jobs/cifar10_lt.yaml")],
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="override a key: --set loss.margin=0.3 (repeatable)"),
-    ] = None,
+    job_file: JobFile,
+    overrides: Overrides = None,
     local: Annotated[
         bool, typer.Option("--local", help="run the loop in this process, one worker, no Ray")
     ] = False,

@@ -4,10 +4,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from data_support import split_rows
 
 from ltray import fs
 from ltray.data.manifest import read_manifest
@@ -25,14 +25,6 @@ def _prepare_tree(src, out, **kw):
     return prepare_from(lambda s: sources.imagefolder(str(src), s), str(out), options)
 
 
-def _rows(out, split):
-    m = read_manifest(str(out))
-    rows = []
-    for shard in m.shards(split):
-        rows += pq.read_table(Path(out) / shard.path).to_pylist()
-    return rows
-
-
 def test_prepare_writes_shards_manifest_and_report(small_tree, tmp_path):
     out = tmp_path / "out"
     result = _prepare_tree(small_tree, out)
@@ -45,14 +37,17 @@ def test_prepare_writes_shards_manifest_and_report(small_tree, tmp_path):
         assert path.stat().st_size == shard.bytes
         assert fs.sha256_of(str(path)) == shard.sha256
         assert pq.ParquetFile(path).metadata.num_rows == shard.rows == sum(shard.row_groups)
-    rows = _rows(out, "train")
+    rows = split_rows(out, "train")
     assert sorted(r["id"] for r in rows) == sorted(
         f"train/{c}/{i:04d}.jpg" for c, n in [("ant", 6), ("bee", 5), ("cat", 4)] for i in range(n)
     )
     for r in rows:  # the original bytes, the right label
         assert r["image"] == (small_tree / r["id"]).read_bytes()
         assert m.classes[r["label"]] == r["id"].split("/")[1]
-    assert [r["id"] for r in _rows(out, "test")][:2] == ["test/ant/0000.jpg", "test/ant/0001.jpg"]
+    assert [r["id"] for r in split_rows(out, "test")][:2] == [
+        "test/ant/0000.jpg",
+        "test/ant/0001.jpg",
+    ]
     assert m.profile["per_class"][0] == {
         "label": 0,
         "name": "ant",

@@ -178,8 +178,10 @@ def test_bad_arguments(synth_ds):
         StreamingImageDataset(synth_ds, "val", batch_size=4)
 
 
-def test_reader_holds_a_bounded_number_of_rows(synth_ds, monkeypatch):
-    """Never the whole split: at most the shuffle buffer plus the row groups in flight."""
+@pytest.mark.parametrize("sampler", ["plain", "class_balanced", "square_root"])
+def test_reader_holds_a_bounded_number_of_rows(synth_ds, monkeypatch, sampler):
+    """Never the whole split, also when a sampler repeats rows: at most the shuffle buffer plus
+    the row groups in flight."""
     from ltray.data.stream import dataset as reader
 
     peak = [0]
@@ -190,6 +192,6 @@ def test_reader_holds_a_bounded_number_of_rows(synth_ds, monkeypatch):
         return original(self, rows, batch_id, held)
 
     monkeypatch.setattr(reader.StreamingImageDataset, "_collate", spy)
-    _read(_ds(synth_ds, shuffle_buffer=32), workers=0)
+    _read(_ds(synth_ds, shuffle_buffer=32, sampler=sampler), workers=0)
     assert 0 < peak[0] <= 32 + 2 * 16
     assert np.isfinite(peak[0])

@@ -181,23 +181,6 @@ def test_local_training_with_class_balanced_sampling_completes(tmp_path, monkeyp
     assert {sampler for split, sampler in built if split == "train"} == {"class_balanced"}
 
 
-@pytest.mark.parametrize("sampler", ["class_balanced", "square_root"])
-def test_a_resampled_epoch_still_holds_a_bounded_number_of_rows(synth_ds, monkeypatch, sampler):
-    """Still streaming: at most the shuffle buffer plus the row groups in flight (16 rows)."""
-    from ltray.data.stream import dataset as reader
-
-    peak = [0]
-    original = reader.StreamingImageDataset._collate
-
-    def spy(self, rows, batch_id, held):
-        peak[0] = max(peak[0], len(held))
-        return original(self, rows, batch_id, held)
-
-    monkeypatch.setattr(reader.StreamingImageDataset, "_collate", spy)
-    _read(_ds(synth_ds, shuffle_buffer=32, sampler=sampler), workers=0)
-    assert 0 < peak[0] <= 32 + 2 * 16
-
-
 def test_a_label_outside_the_manifests_classes_is_refused_naming_the_row(synth_ds):
     manifest = read_manifest(synth_ds)
     labels = _labels_by_index(synth_ds)

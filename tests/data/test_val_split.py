@@ -2,10 +2,9 @@
 
 import hashlib
 import json
-from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
+from data_support import split_rows
 from typer.testing import CliRunner
 
 from ltray.cli.prepare import app
@@ -106,14 +105,6 @@ def test_fingerprint_changes_with_n_and_stays_without_it(make_tree, tmp_path):
     assert "val_per_class" not in prints[0]["recipe"]["params"]  # old data sets keep theirs
 
 
-def _rows(out, split):
-    m = read_manifest(str(out))
-    rows = []
-    for shard in m.shards(split):
-        rows += pq.read_table(Path(out) / shard.path).to_pylist()
-    return rows
-
-
 def test_prepare_records_the_carve_and_val_shares_no_image(make_tree, tmp_path):
     root = make_tree(tmp_path / "t", TREE)
     out = tmp_path / "ds"
@@ -142,7 +133,7 @@ def test_prepare_records_the_carve_and_val_shares_no_image(make_tree, tmp_path):
     ]
     assert len(m.warnings) == 1 and "'a' keeps 7 of 10" in m.warnings[0]
     assert m.source["val_per_class"] == 3
-    rows = {split: _rows(out, split) for split in ("train", "val", "test")}
+    rows = {split: split_rows(out, split) for split in ("train", "val", "test")}
     ids = {split: {r["id"] for r in rs} for split, rs in rows.items()}
     sha = {s: {hashlib.sha256(r["image"]).hexdigest() for r in rs} for s, rs in rows.items()}
     assert len(ids["val"]) == len(sha["val"]) == 9
@@ -207,7 +198,7 @@ def test_prepare_writes_val_rows_in_source_order(make_tree, tmp_path):
     plan = _plan(root, tmp_path / "s")
     out = tmp_path / "ds"
     prepare(plan, str(out), PrepareOptions(workers=1))
-    assert [r["id"] for r in _rows(out, "val")] == _ids(plan, "val")
+    assert [r["id"] for r in split_rows(out, "val")] == _ids(plan, "val")
 
 
 # --- the real CIFAR-10 archive ----------------------------------------------------------------
@@ -241,7 +232,7 @@ def test_cifar10_lt_100_with_50_val_per_class(cifar_archive, tmp_path):
     assert m.profile["val_split"]["classes_reduced"] == [0]
     assert len(m.warnings) == 1 and "'airplane' keeps 4,950 of 5,000" in m.warnings[0]
 
-    rows = {split: _rows(out, split) for split in ("train", "val", "test")}
+    rows = {split: split_rows(out, split) for split in ("train", "val", "test")}
     ids = {split: {r["id"] for r in rs} for split, rs in rows.items()}
     sha = {s: {hashlib.sha256(r["image"]).hexdigest() for r in rs} for s, rs in rows.items()}
     assert len(ids["val"]) == len(sha["val"]) == 500
