@@ -372,13 +372,17 @@ def _shown_input(loc: tuple[Any, ...], value: Any) -> str:
     return redact_url(repr(value))
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def describe_errors(
+    error: ValidationError, source: str, schema: type[BaseModel] | None = None
+) -> str:
+    """Pydantic's errors as one line: ``SOURCE: a.b: what is wrong (got ...)`` each, an unknown
+    key with the nearest valid one in ``schema`` (default: the job's)."""
     lines = []
     for err in error.errors():
         loc = err["loc"]
         where = _format_location(loc)
         if err["type"] == "extra_forbidden":
-            lines.append(f"{source}: {where}: unknown key{_nearest_key(JobConfig, loc)}")
+            lines.append(f"{source}: {where}: unknown key{_nearest_key(schema or JobConfig, loc)}")
         elif err["type"] == "missing":
             lines.append(f"{source}: {where}: required key is missing")
         else:
@@ -425,15 +429,15 @@ def validate_job(raw: Any, source: str = "job") -> JobConfig:
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as exc:
-        raise LtrayError(_describe(exc, source)) from None
+        raise LtrayError(describe_errors(exc, source)) from None
 
 
-def read_job_yaml(path: str | Path) -> dict[str, Any]:
+def read_job_yaml(path: str | Path, what: str = "job file") -> dict[str, Any]:
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise LtrayError(f"cannot read job file {path}: {exc.strerror}") from None
+        raise LtrayError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -28,6 +28,7 @@ _PACKAGE = Path(__file__).resolve().parent
 
 _folder: Path | None = None
 _adopted: dict[str, tuple[list[logging.Handler], bool]] = {}
+_restore: list[Any] = []  # undoes what a captured console changed in libraries
 
 
 def log_folder() -> Path | None:
@@ -71,6 +72,8 @@ def capture(verbose: bool, base: Path | None = None) -> Iterator[Path | None]:
         warnings.showwarning = show
         for name in list(_adopted):
             _release(name)
+        while _restore:
+            _restore.pop()()
         if mlflow_env is None:
             os.environ.pop("MLFLOW_CONFIGURE_LOGGING", None)
         else:
@@ -122,9 +125,31 @@ def ray_init_options() -> dict[str, Any]:
     Ray logger writes to the log file."""
     if _folder is None:
         return {}
-    _adopt_console_loggers()  # Ray's, set up when the launcher imported it
+    _log_ray_messages()  # imports Ray, which sets its logger up
+    _adopt_console_loggers()
     adopt("ray")
     return {"log_to_driver": False}
+
+
+def _log_ray_messages() -> None:
+    """Ray prints the messages its raylets push to the driver (e.g. "N worker processes have
+    been started") with ``print`` whatever ``log_to_driver`` says: while captured, they go to
+    the log file. (``ray._private.worker.print_to_stdstream``, looked up by name when Ray
+    prints; left alone if a Ray version has no such function.)"""
+    import ray._private.worker as worker
+
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "ltray_replaces", None) is not None:
+        return
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        source = data.get("pid", "ray")
+        for line in data.get("lines", []):
+            logging.getLogger("ray.messages").info("(%s) %s", source, line)
+
+    to_log.ltray_replaces = printer  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_log
+    _restore.append(lambda: setattr(worker, "print_to_stdstream", printer))
 
 
 def link_ray_logs(ray_logs: str | Path) -> None:

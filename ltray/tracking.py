@@ -312,6 +312,28 @@ class MlflowTracker:
             self.log_model(*model())
             self.client.set_tag(self.run_id, FINAL_TAG, "model")
 
+    def log_file(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def close_run(self, run_name: str, status: str, tags: dict[str, str]) -> None:
+        """Tag and end the run named ``run_name`` (a sweep's child run whose trial was stopped
+        early or failed, from outside the trial), if it exists and is still running."""
+        found = self.client.get_experiment_by_name(self.experiment)
+        run_id = self._find_run(found.experiment_id, run_name) if found else None
+        if run_id is None:
+            return
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_terminated(run_id, status=status)
+
+    def child_runs(self) -> list[Any]:
+        """The runs nested under this one (tag ``mlflow.parentRunId``)."""
+        found = self.client.get_experiment_by_name(self.experiment)
+        return self.client.search_runs(
+            [found.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.run_id}'"
+        )
+
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status=status)

@@ -92,7 +92,7 @@ def test_version_and_help_name_only_what_exists():
     runner = CliRunner()
     assert runner.invoke(app, ["--version"]).stdout == f"ltray {version('ltray')}\n"
     listed = runner.invoke(app, ["--help"]).stdout
-    for command in ("prepare", "train", "config", "demo"):
+    for command in ("prepare", "train", "tune", "config", "demo"):
         assert command in listed
-    for missing in ("tune", "eval", "analyze", "submit", "report"):
+    for missing in ("eval", "analyze", "submit", "report"):
         assert missing not in listed

@@ -20,13 +20,20 @@ def accuracy_report(
     class_names: Sequence[str],
     prefix: str,
 ) -> dict[str, float]:
-    """Top-1 in percent: ``{prefix}/acc``, ``{prefix}/acc_many`` ..., ``{prefix}/acc_class/<name>``.
+    """Top-1 in percent: ``{prefix}/acc``, ``{prefix}/acc_balanced`` (the mean of the per-class
+    accuracies, what a sweep selects on by default), ``{prefix}/acc_many`` ...,
+    ``{prefix}/acc_class/<name>``.
 
-    A group with no evaluated class is left out rather than reported as zero.
+    A group with no evaluated class is left out rather than reported as zero, and so are
+    classes without an evaluated image from the balanced mean.
     """
     correct = correct.double().cpu()
     seen = seen.double().cpu()
     out = {f"{prefix}/acc": 100.0 * correct.sum().item() / max(seen.sum().item(), 1.0)}
+    evaluated = seen > 0
+    if evaluated.any():
+        per_class = correct[evaluated] / seen[evaluated]
+        out[f"{prefix}/acc_balanced"] = 100.0 * per_class.mean().item()
     for group in GROUPS:
         members = [i for i, g in enumerate(groups) if g == group and seen[i] > 0]
         if members:

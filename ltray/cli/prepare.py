@@ -434,6 +434,9 @@ def synthetic(
     profile: Annotated[Profile, typer.Option(help="Long-tail profile.")] = Profile.exp,
     image_size: Annotated[int, typer.Option(min=8, max=1024, help="Image side in pixels.")] = 32,
     test_per_class: Annotated[int, typer.Option(min=0, help="Balanced test images.")] = 50,
+    val_per_class: Annotated[
+        int, typer.Option(min=0, help="Balanced val images per class, generated (0: no val).")
+    ] = 0,
     image_format: Annotated[
         ImageFormat, typer.Option("--format", help="Encoding of the images.")
     ] = ImageFormat.jpeg,
@@ -447,7 +450,7 @@ def synthetic(
         return sources.synthetic(
             classes=classes, n_max=n_max, imbalance=imbalance, profile=profile.value,
             image_size=image_size, test_per_class=test_per_class, seed=seed,
-            fmt=image_format.value,
+            fmt=image_format.value, val_per_class=val_per_class,
         )  # fmt: skip
 
     make_plan("")  # validate the options before touching OUT

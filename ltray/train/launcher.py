@@ -6,6 +6,7 @@ works on machines without it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +112,8 @@ def run_job(job: JobConfig, *, local: bool = False, fresh: bool = False) -> RunR
     if local:
         use_gpu, world_size = wants_gpu(job.scaling), 1
     else:
-        _ray_init()
-        use_gpu, world_size = _use_gpu(job), job.scaling.num_workers
+        ray_init()
+        use_gpu, world_size = use_gpu_on_cluster(job), job.scaling.num_workers
         check_cluster_fits(job.scaling, use_gpu)
     job = resolve_job(job, world_size=world_size, use_gpu=use_gpu, num_classes=manifest.num_classes)
     identity = identity_of(job)
@@ -136,7 +137,7 @@ def run_job(job: JobConfig, *, local: bool = False, fresh: bool = False) -> RunR
             train_loop_per_worker(config)
             metrics = config["result"]
         else:
-            metrics = _run_on_ray(job, config, storage)
+            metrics = run_on_ray(job, config, storage)
     except BaseException:
         _remove_if_unstarted(storage, run_name)
         raise
@@ -172,39 +173,52 @@ def _remove_if_unstarted(storage: Storage, run_name: str) -> None:
         pass  # storage unreachable: the original error is the one to report
 
 
-def check_cluster_fits(scaling: ScalingConfig, use_gpu: bool) -> None:
-    """Refuse, in seconds, a job the cluster can never hold (Ray would wait for the workers and
-    then time out): each worker needs ``cpus_per_worker`` CPUs, and a GPU when ``use_gpu``, on
-    one node; the placement strategy decides how workers may share nodes."""
-    import ray
+def worker_capacity(scaling: ScalingConfig, use_gpu: bool) -> int:
+    """How many workers of ``scaling`` the live cluster holds at once: each needs
+    ``cpus_per_worker`` CPUs, and a GPU when ``use_gpu``, on one node; the placement strategy
+    decides how workers may share nodes."""
 
-    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
     room = []
-    for resources in nodes:
+    for resources in _alive_nodes():
         fits = int(resources.get("CPU", 0) // scaling.cpus_per_worker)
         if use_gpu:
             fits = min(fits, int(resources.get("GPU", 0)))
         room.append(fits)
     strategy = scaling.placement_strategy
     if strategy == "STRICT_SPREAD":
-        capacity = sum(1 for fits in room if fits > 0)
-    elif strategy == "STRICT_PACK":
-        capacity = max(room, default=0)
-    else:
-        capacity = sum(room)
+        return sum(1 for fits in room if fits > 0)
+    if strategy == "STRICT_PACK":
+        return max(room, default=0)
+    return sum(room)
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+
+
+def check_cluster_fits(scaling: ScalingConfig, use_gpu: bool) -> None:
+    """Refuse, in seconds, a job the cluster can never hold (Ray would wait for the workers and
+    then time out)."""
+    capacity = worker_capacity(scaling, use_gpu)
     if capacity >= scaling.num_workers:
         return
+    nodes = _alive_nodes()
     cpus = sum(resources.get("CPU", 0) for resources in nodes)
     gpus = sum(resources.get("GPU", 0) for resources in nodes)
     each = f"{scaling.cpus_per_worker:g} CPU" + (" + 1 GPU" if use_gpu else "")
     raise LtrayError(
-        f"scaling asks for {scaling.num_workers} workers of {each} each ({strategy}); the "
-        f"cluster has {cpus:g} CPUs and {gpus:g} GPUs on {len(nodes)} node(s), room for "
-        f"{capacity}: lower scaling.num_workers or scaling.cpus_per_worker"
+        f"scaling asks for {scaling.num_workers} workers of {each} each "
+        f"({scaling.placement_strategy}); the cluster has {cpus:g} CPUs and {gpus:g} GPUs on "
+        f"{len(nodes)} node(s), room for {capacity}: lower scaling.num_workers or "
+        "scaling.cpus_per_worker"
     )
 
 
-def _ray_init() -> None:
+def ray_init() -> None:
+    """Join the cluster at RAY_ADDRESS, or start a local Ray; Ray's logs are linked from
+    ltray's log folder."""
     import ray
 
     if ray.is_initialized():
@@ -222,7 +236,7 @@ def _ray_init() -> None:
         link_ray_logs(os.path.join(session_dir, "logs"))
 
 
-def _use_gpu(job: JobConfig) -> bool:
+def use_gpu_on_cluster(job: JobConfig) -> bool:
     import ray
 
     if job.scaling.use_gpu == "auto":
@@ -230,24 +244,37 @@ def _use_gpu(job: JobConfig) -> bool:
     return bool(job.scaling.use_gpu)
 
 
-def _run_on_ray(job: JobConfig, config: dict[str, Any], storage: Storage) -> dict[str, float]:
+def run_on_ray(
+    job: JobConfig,
+    config: dict[str, Any],
+    storage: Storage,
+    callbacks: list[Any] | None = None,
+    console: bool = True,
+) -> dict[str, float]:
+    """One ``TorchTrainer`` run of the loop: ``ltray train``'s, and each sweep trial's (whose
+    driver adds Tune's report callback and has no console of its own to relay rank 0's lines
+    to). Returns the run's final metrics."""
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ltray.train.session import ConsoleRelay, failure_notice
+    from ltray.train.session import PLACEMENT_GROUP_KEY, ConsoleRelay, failure_notice
 
-    _ray_init()
+    ray_init()
     # the secrets reach the workers through the object store: Ray records train_loop_config
     # in its run state (and, with the export API on, in the session's log folder)
     config = {**config, "secrets": ray.put(config["secrets"])}
-    use_gpu = _use_gpu(job)
+    use_gpu = use_gpu_on_cluster(job)
     scaling = job.scaling
     storage_path, filesystem = storage.pyarrow_filesystem()
-    relay = ConsoleRelay()  # rank 0's progress lines, printed here as they come
+    relay = ConsoleRelay() if console else contextlib.nullcontext()
+    callbacks = list(callbacks or [])
+    if console:  # rank 0's progress lines, printed here as they come
+        config["console"] = relay.queue
+        callbacks.append(failure_notice(relay.queue, scaling.max_failures))
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**config, "console": relay.queue},
+        train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
@@ -261,7 +288,7 @@ def _run_on_ray(job: JobConfig, config: dict[str, Any], storage: Storage) -> dic
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.storage.keep),
-            callbacks=[failure_notice(relay.queue, scaling.max_failures)],
+            callbacks=callbacks,
         ),
     )
     failure = f"{config['run_name']}/{FAILURE_FILE}"
@@ -275,7 +302,9 @@ def _run_on_ray(job: JobConfig, config: dict[str, Any], storage: Storage) -> dic
         raise LtrayError(f"training run {config['run_name']} failed: {cause}") from None
     if storage.exists(failure):
         raise LtrayError(scrub(storage.read_bytes(failure).decode(), job.model_dump()))
-    return dict(result.metrics or {})
+    metrics = dict(result.metrics or {})
+    metrics.pop(PLACEMENT_GROUP_KEY, None)
+    return metrics
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -25,6 +25,9 @@ from ltray.train.checkpoint import CHECKPOINT_FILE, load_state, save_state
 from ltray.train.storage import Storage
 
 LOCAL_FOLDER = "local"  # a --local run's checkpoints: RUN/local/checkpoint_*
+# in rank 0's reports on Ray: the placement group holding the run's workers, so that a sweep
+# can remove it when Tune stops the trial from outside (Ray then leaves it behind)
+PLACEMENT_GROUP_KEY = "ray/placement_group"
 
 
 class Session(Protocol):
@@ -115,6 +118,8 @@ class RaySession:
         self.world_size = context.get_world_size()
         self.local_rank = context.get_local_rank()
         self.node = ray.get_runtime_context().get_node_id()
+        group = ray.util.get_current_placement_group()
+        self._placement_group = group.id.hex() if group is not None else None
         if console is not None and self.rank == 0:
             forward_warnings(self.say)
 
@@ -131,6 +136,8 @@ class RaySession:
         waits until Ray's controller has registered it: the worker's own report returns once
         the files are uploaded, but a worker killed before the controller took the report from
         its queue would be restored from the checkpoint before."""
+        if self.rank == 0 and self._placement_group is not None:
+            metrics = {**metrics, PLACEMENT_GROUP_KEY: self._placement_group}
         if state is None or self.rank != 0:
             self._train.report(metrics)
             return

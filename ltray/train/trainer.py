@@ -97,9 +97,16 @@ def _device(session: Session, job: JobConfig) -> torch.device:
 
 class Trainer:
     def __init__(
-        self, job: JobConfig, session: Session, run_name: str, fresh: bool = False
+        self,
+        job: JobConfig,
+        session: Session,
+        run_name: str,
+        fresh: bool = False,
+        tags: dict[str, str] | None = None,
     ) -> None:
+        """``tags``: added to the MLflow run's own (a sweep trial's parent run and trial id)."""
         self.job = job
+        self.extra_tags = dict(tags or {})
         self.fresh = fresh
         self.session = session
         self.run_name = run_name
@@ -452,7 +459,7 @@ class Trainer:
         fresh = self.fresh and state is None
         nodes = worker_nodes(self.session, self.distributed)
         params = run_params(self.job, self.run_name, self.world, self.peak_lr)
-        tags = run_tags(self.job, nodes, self.manifest.fingerprint)
+        tags = {**run_tags(self.job, nodes, self.manifest.fingerprint), **self.extra_tags}
         self.tracker.start(self.run_name, params, tags, fresh=fresh)
         url = public_url(self.job.data.url)
         self.tracker.log_dataset(url, url.rstrip("/").rsplit("/", 1)[-1], self.manifest.fingerprint)
@@ -540,7 +547,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point: ``TorchTrainer(train_loop_per_worker, train_loop_config=config)`` or
     ``--local``. ``config``: {"job": JobConfig as JSON with its secrets masked, "secrets": what
     :func:`ltray.secrets.split_secrets` took out (on Ray, a reference to them), "run_name": str,
-    "local": bool, "console": the launcher's queue for rank 0's lines (on Ray)}."""
+    "local": bool, "console": the launcher's queue for rank 0's lines (on Ray), "tags": extra
+    MLflow tags (a sweep trial's)}."""
     secrets = fetch_secrets(config.get("secrets"))
     job = JobConfig.model_validate(join_secrets(config["job"], secrets))
     run_name = config["run_name"]
@@ -549,7 +557,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         session: Session = LocalSession(storage, run_name, job.storage.keep)
     else:
         session = RaySession(config.get("console"))
-    trainer = Trainer(job, session, run_name, fresh=bool(config.get("fresh")))
+    trainer = Trainer(
+        job, session, run_name, fresh=bool(config.get("fresh")), tags=config.get("tags")
+    )
     try:
         final = trainer.fit()
     except NonFiniteLoss as exc:

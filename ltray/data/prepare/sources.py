@@ -320,10 +320,13 @@ def synthetic(
     test_per_class: int = 50,
     seed: int = 0,
     fmt: str = "jpeg",
+    val_per_class: int = 0,
 ) -> SourcePlan:
     """A generated long-tailed set: striped class patterns (see ltray.data.prepare.synthetic).
 
-    The defaults (10 classes, 200 ... 10 train images) span all three frequency groups at the
+    ``val_per_class`` adds a balanced val split of as many images per class, generated apart
+    from the train and test images (what a sweep selects on). The defaults (10 classes,
+    200 ... 10 train images) span all three frequency groups at the
     usual thresholds: 3 many (> 100), 4 medium and 3 few (< 20), as the real benchmarks do.
     """
     if classes < 2:
@@ -332,6 +335,8 @@ def synthetic(
         raise LtrayError(f"--image-size must be in [8, 1024], got {image_size}")
     if test_per_class < 0:
         raise LtrayError(f"--test-per-class must be >= 0, got {test_per_class}")
+    if val_per_class < 0:
+        raise LtrayError(f"--val-per-class must be >= 0, got {val_per_class}")
     if fmt not in FORMATS:
         raise LtrayError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     counts = long_tail_counts(profile, n_max, classes, imbalance)
@@ -353,6 +358,8 @@ def synthetic(
     splits = {"train": items("train", counts)}
     if test_per_class:
         splits["test"] = items("test", [test_per_class] * classes)
+    if val_per_class:
+        splits["val"] = items("val", [val_per_class] * classes)
     prof = {"name": profile, "imbalance": float(imbalance), "n_max": n_max, "seed": seed}
     params = {
         "classes": classes,
@@ -361,4 +368,6 @@ def synthetic(
         "format": fmt,
         **prof,
     }
+    if val_per_class:  # absent when 0: the sets prepared before it existed keep their identity
+        params["val_per_class"] = val_per_class
     return SourcePlan("synthetic", names, splits, prof, params)
