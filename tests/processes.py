@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -104,3 +109,35 @@ def mlflow_server(folder: Path) -> Iterator[tuple[str, int]]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def ray_cluster(nodes: int = 1, cpus: int = 2) -> Iterator[dict[str, str]]:
+    """A real Ray cluster started with ``ray start`` on 127.0.0.1, token authentication on (as
+    Ray >= 2.59 sets it up): ``nodes`` nodes of ``cpus`` CPUs, the first with resource
+    ``node_a``, the second ``node_b``. Yields the environment that reaches it (RAY_ADDRESS and
+    the token)."""
+    ray = str(Path(sys.executable).parent / "ray")
+    token = secrets.token_hex(32)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    env.pop("RAY_ADDRESS", None)
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's sockets live here
+    port = free_port()
+    common = [f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    names = ["node_a", "node_b", "node_c", "node_d"]
+    try:
+        head = [f"--port={port}", f"--temp-dir={temp_dir}", "--include-dashboard=false"]
+        for index in range(nodes):
+            where = ["--head", *head] if index == 0 else [f"--address=127.0.0.1:{port}"]
+            resources = f'--resources={{"{names[index]}": 1}}'
+            subprocess.run(
+                [ray, "start", *where, resources, *common],
+                env=env,
+                check=True,
+                capture_output=True,
+                timeout=180,
+            )
+        yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -71,6 +71,9 @@ def test_library_logs_and_warnings_go_to_the_file_ltrays_warnings_to_stderr(tmp_
 
 
 def test_everything_is_put_back(tmp_path, capsys):
+    import ray._private.worker as ray_worker  # as the launcher has, before it asks for options
+
+    printer = ray_worker.print_to_stdstream
     root = logging.getLogger()
     ray_logger = logging.getLogger("ray")
     before = (list(root.handlers), root.level, warnings.showwarning)
@@ -78,9 +81,13 @@ def test_everything_is_put_back(tmp_path, capsys):
     with logs.capture(verbose=False, base=tmp_path):
         assert logs.ray_init_options() == {"log_to_driver": False}
         assert ray_logger.propagate  # the driver's Ray logger now writes to the log file
+        # the raylets' messages Ray prints whatever log_to_driver says go to the file too
+        ray_worker.print_to_stdstream({"lines": ["8 workers started"], "pid": "raylet"}, False)
+        assert "8 workers started" not in capsys.readouterr().out
     assert (list(root.handlers), root.level, warnings.showwarning) == before
     assert (list(ray_logger.handlers), ray_logger.propagate) == ray_before
     assert logs.log_folder() is None and logs.ray_init_options() == {}
+    assert ray_worker.print_to_stdstream is printer
     logging.getLogger("some_library").warning("after: not in the file")
     (folder,) = tmp_path.iterdir()
     assert "after" not in (folder / logs.LOG_FILE).read_text()

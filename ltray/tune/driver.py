@@ -63,13 +63,18 @@ class TrialPlan:
 
 
 class EpochReports(TuneReportCallback):
-    """Forward rank 0's end-of-epoch reports to Tune, each with ``epochs_done``; the loop's
-    mid-epoch checkpoint reports and its final report (test metrics) stay out of Tune, so one
-    Tune result is one epoch, and nothing Tune sees was measured on test after the last epoch."""
+    """Forward rank 0's end-of-epoch reports that hold the sweep's metric to Tune, each with
+    ``epochs_done``: one Tune result is one evaluated epoch. The loop's mid-epoch checkpoint
+    reports, epochs without an evaluation (``schedule.eval_every``) and its final report (test
+    metrics, after the last epoch) stay out of Tune."""
+
+    def __init__(self, metric: str) -> None:
+        super().__init__()
+        self.metric = metric
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any):
         first = metrics[0] if metrics else {}
-        if "epoch" not in first or "stream/batch" in first:
+        if "epoch" not in first or self.metric not in first:
             return
         record = {**first, EPOCHS_DONE: int(first["epoch"]) + 1}
         super().after_report(run_context, [record, *metrics[1:]], checkpoint)
@@ -113,7 +118,8 @@ def trial_driver(params: dict[str, Any], plan: TrialPlan) -> None:
         "fresh": False,
         "tags": tags,
     }
-    run_on_ray(job, config, storage, callbacks=[EpochReports()], console=False)
+    reports = EpochReports(plan.sweep.config.metric.name)
+    run_on_ray(job, config, storage, callbacks=[reports], console=False)
 
 
 def finished_state(storage: Storage, run_name: str) -> dict[str, Any] | None:

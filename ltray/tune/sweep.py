@@ -254,7 +254,12 @@ def log_to_parent(
     if best is not None and best.value is not None:
         counts[f"best/{metric}"] = best.value
         counts["best/epochs"] = float(best.epochs)
-    parent.log_metrics(0, counts)
+    # at step = trials ended so far; a sweep shown again unchanged (a second `ltray tune` of a
+    # finished sweep) logs nothing twice
+    ended = sum(1 for row in rows if row.status != leaderboard.NOT_RUN)
+    logged = parent.client.get_run(parent.run_id).data.metrics
+    if any(logged.get(key) != value for key, value in counts.items()):
+        parent.log_metrics(ended, counts)
     with tempfile.TemporaryDirectory() as folder:
         files = {
             "leaderboard.md": leaderboard.table(sweep, rows, markdown=True) + "\n",

@@ -197,9 +197,15 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read and check a sweep file (with ``--set`` overrides); see the module docstring."""
-    source = str(path)
+    return build_sweep(read_job_yaml(path, what="sweep file"), str(path), overrides)
+
+
+def build_sweep(raw: Any, source: str, overrides: list[str] | None = None) -> Sweep:
+    """Check a sweep given as a mapping (read from ``source``), with ``--set`` overrides."""
     sweep_overrides, job_overrides = split_overrides(overrides or [])
-    raw = apply_overrides(read_job_yaml(path, what="sweep file"), sweep_overrides)
+    if not isinstance(raw, dict):
+        raise LtrayError(f"{source}: a sweep file must be a mapping, got {type(raw).__name__}")
+    raw = apply_overrides(raw, sweep_overrides)
     if not isinstance(raw, dict):
         raise LtrayError(f"{source}: a sweep file must be a mapping, got {type(raw).__name__}")
     try:

@@ -3,19 +3,16 @@ it up) and a real ``mlflow server``: a 2-worker run spread over both nodes logs 
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 import yaml
-from processes import free_port, ltray_executable
+from processes import ltray_executable, ray_cluster
 from processes import mlflow_server as start_mlflow_server
 from train_support import make_job
 
@@ -33,41 +30,8 @@ def mlflow_server(tmp_path):
 @pytest.fixture(scope="module")
 def two_node_cluster():
     """Head and a second node, each with 2 CPUs and a resource naming it, on 127.0.0.1."""
-    token = secrets.token_hex(32)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-    env.pop("RAY_ADDRESS", None)
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's sockets live here
-    port = free_port()
-    ray = str(BIN / "ray")
-    common = ["--num-cpus=2", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
-    try:
-        subprocess.run(
-            [
-                ray,
-                "start",
-                "--head",
-                f"--port={port}",
-                f"--temp-dir={temp_dir}",
-                "--include-dashboard=false",
-                '--resources={"node_a": 1}',
-                *common,
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=180,
-        )
-        subprocess.run(
-            [ray, "start", f"--address=127.0.0.1:{port}", '--resources={"node_b": 1}', *common],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=180,
-        )
-        yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
-    finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_cluster(nodes=2, cpus=2) as env:
+        yield env
 
 
 def test_two_worker_run_spread_over_two_nodes_logs_over_http(
