@@ -126,7 +126,9 @@ def ray_cluster(nodes: int = 1, cpus: int = 2) -> Iterator[dict[str, str]]:
     common = [f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     names = ["node_a", "node_b", "node_c", "node_d"]
     try:
-        head = [f"--port={port}", f"--temp-dir={temp_dir}", "--include-dashboard=false"]
+        # the dashboard serves the state API Ray Train's placement-group cleaner needs
+        dashboard = ["--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"]
+        head = [f"--port={port}", f"--temp-dir={temp_dir}", *dashboard]
         for index in range(nodes):
             where = ["--head", *head] if index == 0 else [f"--address=127.0.0.1:{port}"]
             resources = f'--resources={{"{names[index]}": 1}}'

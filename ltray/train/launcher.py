@@ -229,8 +229,10 @@ def ray_init() -> None:
         context = ray.init(address=address, **options)
     else:
         # "local", not None: without RAY_ADDRESS we start our own Ray, never silently join a
-        # cluster that `ray start` left running on this machine
-        context = ray.init(address="local", include_dashboard=False, **options)
+        # cluster that `ray start` left running on this machine. With its dashboard (on
+        # 127.0.0.1): Ray Train's placement-group cleaner asks its state API whether a run's
+        # controller still lives, and without it waits forever
+        context = ray.init(address="local", include_dashboard=True, **options)
     session_dir = (getattr(context, "address_info", None) or {}).get("session_dir")
     if session_dir:
         link_ray_logs(os.path.join(session_dir, "logs"))

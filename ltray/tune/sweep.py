@@ -177,7 +177,7 @@ def run_sweep(sweep: Sweep, *, fresh: bool = False, best_out: Path | None = None
     best_job = None
     if best is not None:
         best_job = leaderboard.best_job_yaml(written, best, run_name)
-        target = best_out or Path(f"{written.name}-best.yaml")
+        target = Path(best_out or f"{written.name}-best.yaml")
         target.write_text(best_job)
     if parent is not None:
         log_to_parent(parent, written, rows, best, run_name)
