@@ -155,7 +155,7 @@ def figure(sweep: Sweep, rows: list[TrialRow], path: Path, sweep_run: str) -> No
         )
         labels = [str(v) for v in domain.values] if categorical else []
         for status, style in ((FINISHED, "C0"), (STOPPED, "none")):
-            chosen = [r for r in scored if r.status == status]
+            chosen = [r for r in scored if r.status == status and knob in r.params]
             xs = [
                 labels.index(str(r.params[knob])) if categorical else r.params[knob] for r in chosen
             ]

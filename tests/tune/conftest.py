@@ -15,3 +15,14 @@ def sweep_data(tmp_path_factory) -> str:
         "--image-size", "32", "--seed", "1", "--test-per-class", "8", "--val-per-class", "6",
     )  # fmt: skip
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def data_without_val(tmp_path_factory) -> str:
+    """The same set without a val split."""
+    out = tmp_path_factory.mktemp("data") / "no-val"
+    run_cli(
+        "prepare", "synthetic", str(out), "--classes", "4", "--imbalance", "6", "--n-max", "48",
+        "--image-size", "32", "--seed", "1", "--test-per-class", "8",
+    )  # fmt: skip
+    return str(out)
