@@ -164,7 +164,7 @@ def figure(sweep: Sweep, rows: list[TrialRow], path: Path, sweep_run: str) -> No
             )
         if categorical:
             ax.set_xticks(range(len(labels)), labels, rotation=20)
-        if domain.kind == "loguniform":
+        if domain.kind == "loguniform" and any(knob in r.params for r in scored):
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(knob)
