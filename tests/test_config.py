@@ -8,7 +8,8 @@ from ltray.config import JobConfig, apply_overrides, load_job, validate_job
 from ltray.errors import LtrayError
 
 REPO = Path(__file__).resolve().parents[1]
-JOB_FILES = sorted((REPO / "jobs").rglob("*.yaml"))
+JOB_FILES = sorted((REPO / "jobs").glob("*.yaml"))
+SWEEP_FILES = sorted((REPO / "jobs" / "sweeps").glob("*.yaml"))
 
 
 def minimal(**sections):
@@ -19,6 +20,23 @@ def minimal(**sections):
 def test_every_job_file_loads(path):
     job = load_job(path)
     assert isinstance(job, JobConfig)
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_sweep_file_loads(path, monkeypatch):
+    """The published sweeps validate against their base jobs (paths are relative to the
+    checkout, where they are run from)."""
+    from ltray.tune.sweep_config import load_sweep
+
+    monkeypatch.chdir(REPO)
+    sweep = load_sweep(path.relative_to(REPO))
+    assert sweep.config.metric.name.startswith("val/") and len(sweep.config.space) >= 3
+
+
+def test_sweep_files_exist():
+    names = {p.name for p in SWEEP_FILES}
+    assert {"cifar10_lt.yaml", "cifar100_lt.yaml", "imagenet_lt.yaml", "inat18.yaml"} <= names
+    assert "tiny.yaml" in names
 
 
 def test_job_files_exist():

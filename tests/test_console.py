@@ -22,11 +22,22 @@ LINE_SHAPES = {
     "preparing": r"\[ltray\] preparing a generated long-tailed data set at \S+",
     "classes": r"\[ltray\] \d+ classes \((?P<many>\d+) many, (?P<medium>\d+) medium, "
     r"(?P<few>\d+) few\), train counts \[[\d, ]+\]",
-    "epoch": r"\[ltray\] epoch (?P<epoch>\d+): train/loss_total=[\d.]+ test/acc=[\d.]+ "
-    r"test/acc_many=[\d.]+ test/acc_medium=[\d.]+ test/acc_few=[\d.]+ \(\d+ img/s\)",
+    "epoch": r"\[ltray\] epoch (?P<epoch>\d+): train/loss_total=[\d.]+ val/acc=[\d.]+ "
+    r"val/acc_many=[\d.]+ val/acc_medium=[\d.]+ val/acc_few=[\d.]+ \(\d+ img/s\)",
     "result": r"\[ltray\] run (?P<run>demo-[0-9a-f]+): (?P<metrics>\{.*\})",
     "mlflow": r"\[ltray\] MLflow run [0-9a-f]{32} \(experiment demo\); look at it with:",
     "mlflow_ui": r"    mlflow ui --backend-store-uri sqlite:///ltray-demo/mlflow\.db",
+    "sweep": r"\[ltray\] sweep demo-sweep-[0-9a-f]{8}: 6 trials \(random, scheduler asha\), "
+    r"\d+ at a time",
+    "trial": r"\[ltray\] trial \w+ (started: loss\.margin=.*|epoch [123]/3: val/acc_balanced "
+    r"[\d.]+|finished|stopped early after [12]/3 epochs)",
+    "leaderboard": r"\[ltray\] sweep demo-sweep-[0-9a-f]{8}:",
+    "header": r"trial +loss\.margin +loss\.uniformity\.weight +loss\.norm\.weight +"
+    r"val/acc_balanced +epochs +status",
+    "row": r"\w+_\d{5} +[\d.e-]+ +[\d.e-]+ +[\d.e-]+ +[\d.]+ +[123]/3 +(finished|stopped early)",
+    "best": r"\[ltray\] the best trial's job: ltray-demo/demo-sweep-best\.yaml "
+    r"\(ltray train ltray-demo/demo-sweep-best\.yaml\)",
+    "no_sweep": r"\[ltray\] the sweep runs on Ray: skipped with --local",
 }
 LOG_SUFFIXES = {".log", ".out", ".err"}
 CHATTER = (
@@ -77,10 +88,24 @@ def run_demo(cwd: Path, *args: str) -> Console:
     return console
 
 
-def expected_lines() -> list[str]:
-    """The demo's stdout, line by line, as shape names."""
+def expected_lines(local: bool = False) -> list[str]:
+    """The demo's stdout, line by line, as shape names (the sweep's trial lines, whose number
+    depends on where ASHA stops trials, as one ``trial``)."""
     epochs = load_demo_job().schedule.epochs
-    return ["logs", "preparing", "classes", *["epoch"] * epochs, "result", "mlflow", "mlflow_ui"]
+    training = ["logs", "preparing", "classes", *["epoch"] * epochs, "result", "mlflow"]
+    if local:
+        return [*training, "mlflow_ui", "no_sweep"]
+    sweep = ["sweep", "trial", "leaderboard", "header", *["row"] * 6, "best"]
+    return [*training, "mlflow_ui", *sweep]
+
+
+def shape_names(console: Console) -> list[str]:
+    """The shapes of stdout's lines, a run of trial lines as one."""
+    names: list[str] = []
+    for name, _ in console.shapes():
+        if not (name == "trial" and names and names[-1] == "trial"):
+            names.append(name)
+    return names
 
 
 def files_under(folder: Path) -> list[Path]:
@@ -99,7 +124,7 @@ def demo(tmp_path_factory) -> tuple[Path, Console]:
 @pytest.mark.slow
 def test_the_console_shows_only_ltrays_lines(demo):
     _, console = demo
-    assert [name for name, _ in console.shapes()] == expected_lines()
+    assert shape_names(console) == expected_lines()
     epochs = load_demo_job().schedule.epochs
     assert [int(m["epoch"]) for n, m in console.shapes() if n == "epoch"] == list(range(epochs))
     assert console.err == ""
@@ -142,7 +167,7 @@ def test_verbose_brings_rays_lines_back(demo):
 @pytest.mark.slow
 def test_a_local_demo_looks_the_same(tmp_path):
     console = run_demo(tmp_path, "--local")
-    assert [name for name, _ in console.shapes()] == expected_lines()
+    assert shape_names(console) == expected_lines(local=True)
     assert console.err == ""
     log = (Path(console.one("logs")["folder"]) / "ltray.log").read_text()
     assert "MLflow database tables" in log  # MLflow's chatter, kept from the console

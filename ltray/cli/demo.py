@@ -81,6 +81,8 @@ def run_demo_sweep(sweep: Sweep, job: JobConfig) -> None:
     folder = Path(job.storage.url).parent if "://" not in job.storage.url else Path(".")
     best_out = folder / f"{sweep.name}-best.yaml"
     outcome = run_sweep(sweep, best_out=best_out)
+    if not outcome.complete:  # Ctrl-C: Tune saved the sweep's state, a second run resumes it
+        raise KeyboardInterrupt
     print(f"[ltray] sweep {outcome.run_name}:")
     print(leaderboard.table(sweep, outcome.rows))
     if outcome.best is not None:

@@ -45,6 +45,9 @@ def tune(
             run_name, rows = load_results(sweep)
             typer.echo(f"sweep {run_name}")
             typer.echo(leaderboard.table(sweep, rows))
+            if not leaderboard.is_complete(sweep, rows):
+                typer.echo(f"the sweep is not complete: run ltray tune {sweep_file} to finish it")
+                raise typer.Exit(1)
             chosen = leaderboard.best_row(rows)
             if chosen is None:
                 typer.echo("no trial has a value of the metric yet")

@@ -18,6 +18,7 @@ from ltray.tune.search import EPOCHS_DONE
 from ltray.tune.sweep_config import Sweep
 
 FINISHED, STOPPED, ERROR, NOT_RUN = "finished", "stopped early", "error", "not run"
+UNFINISHED = "unfinished"  # running or pending when the sweep was interrupted
 
 
 @dataclass(frozen=True)
@@ -30,16 +31,21 @@ class TrialRow:
     error: str = ""
 
 
-def rows_from_results(sweep: Sweep, results: Any) -> list[TrialRow]:
-    """Rows from a Tune ``ResultGrid``, best first."""
+def rows_from_results(sweep: Sweep, analysis: Any) -> list[TrialRow]:
+    """Rows from a Tune ``ExperimentAnalysis`` (its trials, their last results), best first."""
+    from ray.tune import ResultGrid
+
     epochs_total = sweep.base.schedule.epochs
     metric = sweep.config.metric.name
     rows = []
-    for result in results:
-        metrics = result.metrics or {}
+    results = list(ResultGrid(analysis))
+    for trial, result in zip(analysis.trials, results, strict=True):
+        metrics = trial.last_result or {}
         epochs = int(metrics.get(EPOCHS_DONE, 0))
-        if result.error is not None:
+        if trial.status == "ERROR":
             status = ERROR
+        elif trial.status != "TERMINATED":
+            status = UNFINISHED
         elif epochs >= epochs_total:
             status = FINISHED
         elif epochs > 0:
@@ -47,26 +53,24 @@ def rows_from_results(sweep: Sweep, results: Any) -> list[TrialRow]:
         else:
             status = NOT_RUN
         value = metrics.get(metric)
+        error = result.error if status == ERROR else None
         rows.append(
             TrialRow(
-                trial_id=trial_id_of(result),
-                params={k: result.config[k] for k in sweep.config.space if k in result.config},
+                trial_id=str(trial.trial_id),
+                params={k: trial.config[k] for k in sweep.config.space if k in trial.config},
                 value=float(value) if value is not None else None,
                 epochs=epochs,
                 status=status,
-                error=_first_line(result.error) if result.error is not None else "",
+                error=_first_line(error) if error is not None else "",
             )
         )
     return rank(rows, sweep.config.metric.mode)
 
 
-def trial_id_of(result: Any) -> str:
-    """From the trial's folder, ``trial_<id>`` (the sweep names them so): a trial that failed
-    before its first report has no ``trial_id`` among its metrics."""
-    metrics = result.metrics or {}
-    if "trial_id" in metrics:
-        return str(metrics["trial_id"])
-    return Path(str(result.path)).name.removeprefix("trial_")
+def is_complete(sweep: Sweep, rows: list[TrialRow]) -> bool:
+    """Every trial of the sweep exists and has ended (finished, stopped early or failed)."""
+    ended = [r for r in rows if r.status in (FINISHED, STOPPED, ERROR, NOT_RUN)]
+    return len(ended) == len(rows) == sweep.config.search.trials
 
 
 def rank(rows: list[TrialRow], mode: str) -> list[TrialRow]:

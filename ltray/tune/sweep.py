@@ -166,21 +166,22 @@ def run_sweep(sweep: Sweep, *, fresh: bool = False, best_out: Path | None = None
         )
         tuner = _new_tuner(sweep, trainable, path, filesystem, concurrency, parent)
     try:
-        results = tuner.fit()
+        tuner.fit()  # returns after the last trial, or after a Ctrl-C (Tune saves its state)
     except BaseException:
         if parent is not None:
             parent.finish("KILLED")
         raise
-    rows = leaderboard.rows_from_results(sweep, results)
-    complete = results.num_terminated + results.num_errors == len(results)
-    best = leaderboard.best_row(rows)
+    rows = read_rows(sweep, path, filesystem)
+    complete = leaderboard.is_complete(sweep, rows)
+    best = leaderboard.best_row(rows) if complete else None
     best_job = None
     if best is not None:
         best_job = leaderboard.best_job_yaml(written, best, run_name)
         target = Path(best_out or f"{written.name}-best.yaml")
         target.write_text(best_job)
     if parent is not None:
-        log_to_parent(parent, written, rows, best, run_name)
+        if complete:
+            log_to_parent(parent, written, rows, best, run_name)
         parent.finish("FINISHED" if complete else "KILLED")
     return SweepOutcome(run_name, rows, best, complete, parent.run_id if parent else None, best_job)
 
@@ -291,7 +292,6 @@ def load_results(sweep: Sweep) -> tuple[str, list[TrialRow]]:
     """(the sweep's run name, its leaderboard), of a sweep run before (``ltray tune --best``),
     read from its folder."""
     import ray.tune
-    from ray.tune import ExperimentAnalysis, ResultGrid
 
     sweep = with_absolute_paths(sweep)
     path, filesystem = experiment_location(sweep)
@@ -300,8 +300,15 @@ def load_results(sweep: Sweep) -> tuple[str, list[TrialRow]]:
             f"no sweep {sweep.run_name} at {redact_url(path)}: run `ltray tune "
             f"{sweep.source}` first (a changed sweep or base job is another sweep)"
         )
+    return sweep.run_name, read_rows(sweep, path, filesystem)
+
+
+def read_rows(sweep: Sweep, path: str, filesystem: Any) -> list[TrialRow]:
+    """The leaderboard, from the experiment's state as Tune saved it."""
+    from ray.tune import ExperimentAnalysis
+
     analysis = ExperimentAnalysis(path, storage_filesystem=filesystem)
-    return sweep.run_name, leaderboard.rows_from_results(sweep, ResultGrid(analysis))
+    return leaderboard.rows_from_results(sweep, analysis)
 
 
 def say(line: str) -> None:

@@ -49,3 +49,14 @@ def test_the_table_and_the_promoted_job(tmp_path, sweep_data):
     assert job.loss.margin == 0.25 and job.schedule.epochs == 3
     figure(sweep, rows, tmp_path / "f.png", "tiny-0123abcd")
     assert (tmp_path / "f.png").stat().st_size > 5000
+
+
+def test_a_sweep_is_complete_when_every_trial_has_ended(tmp_path, sweep_data):
+    from ltray.tune.leaderboard import UNFINISHED, is_complete
+
+    sweep = load_sweep(write_sweep(tmp_path, sweep_data, search={"trials": 3}))
+    ended = [row("a", 1.0, FINISHED), row("b", 2.0, STOPPED), row("c", None, ERROR)]
+    assert is_complete(sweep, ended)
+    assert not is_complete(sweep, ended[:2])  # Ctrl-C before the third trial was created
+    interrupted = TrialRow("c", {}, None, 1, UNFINISHED)
+    assert not is_complete(sweep, [*ended[:2], interrupted])
