@@ -251,6 +251,36 @@ def test_a_seeded_tpe_sweep_draws_what_optuna_draws(cluster, sweep_data, tmp_pat
     drawn = [row["params"] for row in outcome["rows"]]
     assert sorted(map(repr, drawn)) == sorted(map(repr, expected))
 
+    # later: the leaderboard and the best job again, read from the sweep's folder, no Ray
+    shown = run_cli("tune", str(sweep_file), "--best")
+    assert f"sweep {outcome['run_name']}" in shown
+    assert (
+        f"# promoted from sweep {outcome['run_name']}, trial {outcome['best']['trial_id']}" in shown
+    )
+
+    # --fresh: a new sweep (new trials, a new parent run) where the old one was
+    done = subprocess.run(
+        [ltray_executable(), "tune", str(sweep_file), "--fresh"],
+        cwd=tmp_path,
+        env=cluster,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "restoring" not in done.stdout
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("sweeps")
+    parents = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`ltray.kind` = 'sweep'"
+    )
+    names = sorted(p.info.run_name for p in parents)
+    assert names == [outcome["run_name"], f"{outcome['run_name']}-fresh1"]
+    old = {c.data.tags["ltray.trial_id"] for c in children_of(client, outcome["parent_run_id"])}
+    (new_parent,) = [p for p in parents if p.info.run_id != outcome["parent_run_id"]]
+    new = {c.data.tags["ltray.trial_id"] for c in children_of(client, new_parent.info.run_id)}
+    assert len(old) == len(new) == 3 and not old & new
+
 
 def test_a_sweep_the_cluster_cannot_hold_is_refused_before_any_trial(cluster, sweep_data, tmp_path):
     sweep_file = write_sweep(tmp_path, sweep_data, scaling={"num_workers": 3})
