@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -137,11 +138,37 @@ def test_an_asha_sweep_nests_its_trials_in_mlflow_and_leaves_nothing_behind(
     assert "finished" in output
 
 
-def test_a_killed_sweep_resumes_without_rerunning_or_duplicating(cluster, sweep_data, tmp_path):
+def test_an_interrupted_sweep_resumes_without_rerunning_or_duplicating(
+    cluster, sweep_data, tmp_path
+):
+    """Ctrl-C, then a killed driver, then the sweep to its end."""
     sweep_file = write_sweep(
         tmp_path, sweep_data, scheduler={"kind": "none"}, search={"trials": 4, "seed": 1}
     )
     command = [ltray_executable(), "tune", str(sweep_file)]
+
+    # Ctrl-C (SIGINT to the foreground process group) after the first epoch: Tune saves the
+    # sweep; ltray says it was interrupted, shows no trial as finished and promotes none
+    ctrl_c = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=cluster,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    for line in ctrl_c.stdout:
+        if " epoch 1/3" in line:
+            os.killpg(ctrl_c.pid, signal.SIGINT)
+            break
+    out, err = ctrl_c.communicate(timeout=300)
+    assert ctrl_c.returncode == 130, out + err
+    assert "error: the sweep was interrupted; run the same command again to resume" in err
+    table_rows = [line for line in out.splitlines() if re.match(r"\w+_\d{5} ", line)]
+    assert table_rows and all(line.endswith("unfinished") for line in table_rows), out
+    assert not list(tmp_path.glob("*-best.yaml"))
+
     first = subprocess.Popen(
         command,
         cwd=tmp_path,
