@@ -96,3 +96,18 @@ def test_version_and_help_name_only_what_exists():
         assert command in listed
     for missing in ("eval", "analyze", "submit", "report"):
         assert missing not in listed
+
+
+def test_the_demo_sweep_is_skipped_with_a_line_on_a_set_without_val(tmp_path, capsys):
+    """ltray demo --job on a data set without a val split: the sweep, which selects on val,
+    says it is skipped (training ran before it)."""
+    from train_support import run_cli
+
+    from ltray.cli.demo import demo_job_sweep, load_demo_job, run_demo_sweep
+
+    data = tmp_path / "no-val"
+    run_cli("prepare", "synthetic", str(data), "--classes", "3", "--n-max", "8", "--imbalance", "2")
+    job = load_demo_job().model_copy(deep=True)
+    job.data.url = str(data)
+    run_demo_sweep(demo_job_sweep({"name": "d", "data": {"url": str(data)}}), job)
+    assert "has none: skipped" in capsys.readouterr().out

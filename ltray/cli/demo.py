@@ -78,6 +78,10 @@ def run_demo_sweep(sweep: Sweep, job: JobConfig) -> None:
     from ltray.tune import leaderboard
     from ltray.tune.sweep import run_sweep
 
+    if not read_manifest(job.data.url).has_split(job.data.val_split or "val"):
+        shown = redact_url(job.data.url)
+        print(f"[ltray] the sweep selects on a val split, and {shown} has none: skipped")
+        return
     folder = Path(job.storage.url).parent if "://" not in job.storage.url else Path(".")
     best_out = folder / f"{sweep.name}-best.yaml"
     outcome = run_sweep(sweep, best_out=best_out)
