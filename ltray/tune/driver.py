@@ -41,6 +41,11 @@ SWEEP_TAG = "ltray.sweep"
 TRIALS_FOLDER = "trials"  # {storage}/{sweep run}/trials/{trial run}: the trials' Train runs
 
 
+def trial_run_name(sweep_run: str, trial_id: str) -> str:
+    """A trial's Train run (and MLflow child run): the sweep's name and the trial id."""
+    return f"{sweep_run}-{trial_id}"
+
+
 @dataclass(frozen=True)
 class TrialPlan:
     """What every trial driver needs (passed with ``tune.with_parameters``, so through Ray's
@@ -52,7 +57,7 @@ class TrialPlan:
     parent_run_id: str | None
 
     def trial_run_name(self, trial_id: str) -> str:
-        return f"{self.sweep_run}-{trial_id}"
+        return trial_run_name(self.sweep_run, trial_id)
 
     def trial_job(self, params: dict[str, Any]) -> JobConfig:
         """The trial's job, its checkpoints in the sweep's folder."""

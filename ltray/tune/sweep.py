@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +36,10 @@ from ltray.train.launcher import (
     use_gpu_on_cluster,
     worker_capacity,
 )
-from ltray.train.session import PLACEMENT_GROUP_KEY
+from ltray.train.session import PLACEMENT_GROUP_KEY, say
 from ltray.train.storage import Storage
 from ltray.tune import leaderboard
+from ltray.tune.driver import TrialPlan, trial_driver, trial_run_name
 from ltray.tune.leaderboard import FINISHED, TrialRow
 from ltray.tune.search import EPOCHS_DONE, num_samples, param_space, scheduler, search_algorithm
 from ltray.tune.sweep_config import Sweep
@@ -121,8 +121,6 @@ def experiment_location(sweep: Sweep) -> tuple[str, Any]:
 
 def run_sweep(sweep: Sweep, *, fresh: bool = False, best_out: Path | None = None) -> SweepOutcome:
     import ray.tune
-
-    from ltray.tune.driver import TrialPlan, trial_driver
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables on the console
     written = sweep
@@ -311,11 +309,6 @@ def read_rows(sweep: Sweep, path: str, filesystem: Any) -> list[TrialRow]:
     return leaderboard.rows_from_results(sweep, analysis)
 
 
-def say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
 class TrialLines(Callback):
     """In the ``ltray tune`` process: a line per trial event on the console, and the MLflow
     child runs of trials that Tune ended from outside (stopped early, failed) closed with
@@ -361,7 +354,8 @@ class TrialLines(Callback):
             return
         try:
             tracker = MlflowTracker(*self.tracking)
-            tracker.close_run(f"{self.sweep_run}-{trial.trial_id}", status, {STATUS_TAG: note})
+            run_name = trial_run_name(self.sweep_run, trial.trial_id)
+            tracker.close_run(run_name, status, {STATUS_TAG: note})
         except Exception as exc:  # the sweep goes on; the run's status is only cosmetic
             say(f"warning: could not update the MLflow run of trial {trial.trial_id}: {exc}")
 
