@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -280,7 +281,9 @@ class StorageConfig(Section):
 
 class TrackingConfig(Section):
     uri: str = Field(
-        "sqlite:///mlflow.db", description="MLflow tracking URI, an http(s) server, or 'none'"
+        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db",
+        description="MLflow tracking URI, an http(s) server, or 'none'; default: "
+        "$MLFLOW_TRACKING_URI where the job runs (as MLflow does), else sqlite:///mlflow.db",
     )
     experiment: str = Field("ltray", description="MLflow experiment name")
     artifact_location: str | None = Field(
@@ -305,6 +308,78 @@ class TrackingConfig(Section):
         return self.uri.lower() != "none"
 
 
+# what a cluster job never uploads: data, runs and their tracking stores, environments, history
+DEFAULT_EXCLUDES = [
+    ".git/",
+    ".venv/",
+    "venv/",
+    "data/",
+    "ltray-runs/",
+    "ltray-demo/",
+    "mlflow.db",
+    "mlruns/",
+    "mlartifacts/",
+    "*.parquet",
+    "__pycache__/",
+]
+
+
+class RuntimeEnvConfig(Section):
+    """Ray's runtime environment of a submitted job (``ltray submit``); see Ray's docs on
+    runtime environments. Credentials never go here: Ray stores the runtime environment with
+    the job and shows it on its dashboard."""
+
+    working_dir: str | None = Field(
+        ".",
+        description="folder uploaded to the cluster, relative to where `ltray submit` runs; the "
+        "job file must lie inside it. null: upload nothing (the nodes' image holds the job file)",
+    )
+    excludes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_EXCLUDES),
+        description="gitignore-style patterns left out of the upload (.gitignore and .rayignore "
+        "are honoured as well, as Ray does)",
+    )
+    pip: list[str] | None = Field(
+        None,
+        description="requirements installed for the job on the cluster; null: the nodes' own "
+        "environment (docker/Dockerfile's image has ltray)",
+    )
+    image_uri: str | None = Field(
+        None, description="a container image for the job (Ray's image_uri; instead of pip)"
+    )
+    env_vars: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment of the job's processes; no credentials (set them on the nodes)",
+    )
+
+    @model_validator(mode="after")
+    def _pip_or_image(self) -> RuntimeEnvConfig:
+        if self.pip is not None and self.image_uri is not None:
+            raise ValueError("give pip or image_uri, not both (Ray runs one or the other)")
+        return self
+
+
+class SubmitConfig(Section):
+    """How ``ltray submit`` hands the job to a Ray cluster's job API."""
+
+    runtime_env: RuntimeEnvConfig = Field(
+        default_factory=RuntimeEnvConfig, description="what the cluster runs the job in"
+    )
+    entrypoint_num_cpus: float = Field(
+        0.0, ge=0.0, description="CPUs reserved for the driver (`ltray train`), apart from workers"
+    )
+    entrypoint_num_gpus: float = Field(0.0, ge=0.0, description="GPUs reserved for the driver")
+    entrypoint_memory: int | None = Field(
+        None, ge=0, description="bytes of memory reserved for the driver"
+    )
+    entrypoint_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom resources the driver's node must have"
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="labels stored with the job (shown by `ltray jobs`)"
+    )
+
+
 class JobConfig(Section):
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="job name; the run name adds a hash"
@@ -322,6 +397,9 @@ class JobConfig(Section):
     )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="checkpoints")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow")
+    submit: SubmitConfig = Field(
+        default_factory=SubmitConfig, description="`ltray submit`: runtime env, driver resources"
+    )
 
     def run_name(self) -> str:
         """Deterministic name: the job name plus a hash of everything that shapes the result.
@@ -329,10 +407,12 @@ class JobConfig(Section):
         Re-submitting the same job resumes; changing a hyper-parameter starts a new run. Of
         the scaling section, the worker count (it sets the global batch and the scaled lr) and
         the precision (bf16 and fp32 train differently) count; where the run's storage and
-        tracking live, loader processes and credentials do not (same run, other cluster).
+        tracking live, how it is submitted, loader processes and credentials do not (same run,
+        other cluster).
         """
         shaping = self.model_dump(
-            mode="json", exclude={"scaling": True, "storage": True, "tracking": True}
+            mode="json",
+            exclude={"scaling": True, "storage": True, "tracking": True, "submit": True},
         )
         shaping["data"].pop("storage_options", None)
         # new credentials for the same data set: the same run

@@ -4,6 +4,7 @@ model it logs (:class:`Predictor`)."""
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
@@ -17,8 +18,9 @@ from ltray.train.session import Session, say  # noqa: F401 (say: re-exported)
 
 
 def run_params(job: JobConfig, run_name: str, world_size: int, peak_lr: float) -> dict[str, Any]:
-    """The resolved job, flattened and redacted, plus what the run decided at start."""
-    params = flatten(redact(job.model_dump(mode="json")))
+    """The resolved job, flattened and redacted, plus what the run decided at start (not how
+    it was submitted: that may change when a run is resubmitted, and MLflow params may not)."""
+    params = flatten(redact(job.model_dump(mode="json", exclude={"submit"})))
     params.update({"run_name": run_name, "world_size": world_size, "peak_lr": peak_lr})
     return params
 
@@ -34,8 +36,9 @@ def worker_nodes(session: Session, distributed: bool) -> str:
 
 def run_tags(job: JobConfig, nodes: str, data_fingerprint: str) -> dict[str, str]:
     """Where the run ran and what it is: data set (URL without credentials, and the manifest's
-    fingerprint), method, architecture, its identity, ltray's commit and version."""
-    return {
+    fingerprint), method, architecture, its identity, ltray's commit and version, and the Ray
+    job that ran it where `ltray submit` did."""
+    tags = {
         "ltray.dataset.fingerprint": data_fingerprint,
         "ltray.worker_nodes": nodes,
         "ltray.dataset": public_url(job.data.url).split("?")[0],
@@ -45,6 +48,10 @@ def run_tags(job: JobConfig, nodes: str, data_fingerprint: str) -> dict[str, str
         "mlflow.source.git.commit": ltray_commit(),
         "ltray.version": ltray_version(),
     }
+    submission = os.environ.get("LTRAY_SUBMISSION_ID")  # set by `ltray submit`
+    if submission:
+        tags["ltray.submission_id"] = submission
+    return tags
 
 
 def progress_line(record: dict[str, float], eval_prefix: str) -> str:

@@ -30,6 +30,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from ltray.config import (
     JobConfig,
     Section,
+    SubmitConfig,
     apply_overrides,
     describe_errors,
     flatten,
@@ -44,7 +45,7 @@ DOMAIN_KINDS = ("uniform", "loguniform", "integer", "choice", "grid")
 # (the sweep's concurrency is planned from one trial's scaling)
 UNSWEEPABLE = ("name", "storage.", "tracking.", "scaling.")
 # in the base job's run name already (name, base, set, scaling), or not shaping the results
-_NOT_SHAPING = {"name", "base", "set", "scaling", "max_concurrent_trials"}
+_NOT_SHAPING = {"name", "base", "set", "scaling", "max_concurrent_trials", "submit"}
 
 
 class Domain(Section):
@@ -138,6 +139,9 @@ class SweepConfig(Section):
     )
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="default: as many trials as the cluster holds at once"
+    )
+    submit: SubmitConfig | None = Field(
+        None, description="`ltray submit`: runtime env, driver resources; default: the base job's"
     )
 
     @field_validator("space")
