@@ -115,11 +115,13 @@ def mlflow_server(folder: Path) -> Iterator[tuple[str, int]]:
 def ray_cluster(nodes: int = 1, cpus: int = 2) -> Iterator[dict[str, str]]:
     """A real Ray cluster started with ``ray start`` on 127.0.0.1, token authentication on (as
     Ray >= 2.59 sets it up): ``nodes`` nodes of ``cpus`` CPUs, the first with resource
-    ``node_a``, the second ``node_b``. Yields the environment that reaches it (RAY_ADDRESS and
-    the token)."""
+    ``node_a``, the second ``node_b``. Yields the environment that reaches it (RAY_ADDRESS, its
+    job API's RAY_API_SERVER_ADDRESS, and the token)."""
     ray = str(Path(sys.executable).parent / "ray")
     token = secrets.token_hex(32)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    # this environment's bin first: a submitted job's entrypoint (`ltray train ...`) finds ltray
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "PATH": path}
     env.pop("RAY_ADDRESS", None)
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's sockets live here
     port = free_port()
@@ -127,7 +129,8 @@ def ray_cluster(nodes: int = 1, cpus: int = 2) -> Iterator[dict[str, str]]:
     names = ["node_a", "node_b", "node_c", "node_d"]
     try:
         # the dashboard serves the state API Ray Train's placement-group cleaner needs
-        dashboard = ["--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}"]
+        dashboard_port = free_port()
+        dashboard = ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
         head = [f"--port={port}", f"--temp-dir={temp_dir}", *dashboard]
         for index in range(nodes):
             where = ["--head", *head] if index == 0 else [f"--address=127.0.0.1:{port}"]
@@ -139,7 +142,55 @@ def ray_cluster(nodes: int = 1, cpus: int = 2) -> Iterator[dict[str, str]]:
                 capture_output=True,
                 timeout=180,
             )
-        yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+        yield {
+            **env,
+            "RAY_ADDRESS": f"127.0.0.1:{port}",
+            # the job API (`ltray submit`, `ray job submit`) is the dashboard's
+            "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}",
+        }
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_cluster(temp_dir, port)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def stop_cluster(temp_dir: str, gcs_port: int) -> None:
+    """Stop the processes of the cluster in ``temp_dir`` and theirs, and no other: ``ray stop``
+    would stop every Ray on the machine (a user's own, another test's)."""
+    import signal
+
+    marks = (temp_dir, f":{gcs_port} ", f":{gcs_port}\x00")
+    roots = [
+        int(p)
+        for p in os.listdir("/proc")
+        if p.isdigit()
+        and int(p) != os.getpid()
+        and any(mark in _raw_command_line(int(p)) for mark in marks)
+    ]
+    pids = set(roots)
+    for root in roots:
+        pids.update(descendants(root))
+    for sig, grace_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 15)):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(map(_running, pids)):
+            time.sleep(0.2)
+            for pid in pids:  # reap the ones that are our children
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _raw_command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") + "\x00"
+    except OSError:
+        return ""

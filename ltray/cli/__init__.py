@@ -1,4 +1,5 @@
-"""The ``ltray`` command: one module per command group (prepare, train, tune, config, demo).
+"""The ``ltray`` command: one module per command group (prepare, train, tune, submit/jobs/stop/
+logs, config, demo).
 
 Each subcommand validates its input at the edge and prints one clear ``error: ...`` line
 (exit 1) for anything the user can get wrong (:func:`ltray.cli.console.exit_on_error`).
@@ -11,12 +12,13 @@ from typing import Annotated
 
 import typer
 
-from ltray.cli import demo, show_config, train, tune
+from ltray.cli import demo, show_config, submit, train, tune
 from ltray.cli.prepare import app as prepare_app
 
 app = typer.Typer(
     name="ltray",
-    help="Train long-tailed image classifiers: prepare data sets, train, sweep, run the demo.",
+    help="Train long-tailed image classifiers: prepare data sets, train, sweep, submit to a "
+    "cluster, run the demo.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -24,6 +26,10 @@ app = typer.Typer(
 app.add_typer(prepare_app, name="prepare", help="Write a data set as Parquet shards.")
 app.command()(train.train)
 app.command()(tune.tune)
+app.command()(submit.submit)
+app.command()(submit.jobs)
+app.command()(submit.stop)
+app.command()(submit.logs)
 app.command()(show_config.config)
 app.command()(demo.demo)
 

@@ -173,13 +173,15 @@ def _remove_if_unstarted(storage: Storage, run_name: str) -> None:
         pass  # storage unreachable: the original error is the one to report
 
 
-def worker_capacity(scaling: ScalingConfig, use_gpu: bool) -> int:
-    """How many workers of ``scaling`` the live cluster holds at once: each needs
-    ``cpus_per_worker`` CPUs, and a GPU when ``use_gpu``, on one node; the placement strategy
-    decides how workers may share nodes."""
+def worker_capacity(
+    scaling: ScalingConfig, use_gpu: bool, nodes: list[dict[str, float]] | None = None
+) -> int:
+    """How many workers of ``scaling`` the live cluster (or ``nodes``, each node's resources)
+    holds at once: each needs ``cpus_per_worker`` CPUs, and a GPU when ``use_gpu``, on one node;
+    the placement strategy decides how workers may share nodes."""
 
     room = []
-    for resources in _alive_nodes():
+    for resources in _alive_nodes() if nodes is None else nodes:
         fits = int(resources.get("CPU", 0) // scaling.cpus_per_worker)
         if use_gpu:
             fits = min(fits, int(resources.get("GPU", 0)))
@@ -198,21 +200,25 @@ def _alive_nodes() -> list[dict[str, float]]:
     return [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
 
 
-def check_cluster_fits(scaling: ScalingConfig, use_gpu: bool) -> None:
-    """Refuse, in seconds, a job the cluster can never hold (Ray would wait for the workers and
-    then time out)."""
-    capacity = worker_capacity(scaling, use_gpu)
+def check_cluster_fits(
+    scaling: ScalingConfig, use_gpu: bool, nodes: list[dict[str, float]] | None = None
+) -> None:
+    """Refuse, in seconds, a job the cluster (or ``nodes``) can never hold (Ray would wait for
+    the workers and then time out)."""
+    nodes = _alive_nodes() if nodes is None else nodes
+    capacity = worker_capacity(scaling, use_gpu, nodes)
     if capacity >= scaling.num_workers:
         return
-    nodes = _alive_nodes()
     cpus = sum(resources.get("CPU", 0) for resources in nodes)
     gpus = sum(resources.get("GPU", 0) for resources in nodes)
     each = f"{scaling.cpus_per_worker:g} CPU" + (" + 1 GPU" if use_gpu else "")
+    advice = "lower scaling.num_workers or scaling.cpus_per_worker"
+    if use_gpu and gpus < scaling.num_workers:
+        advice = "add GPU nodes, lower scaling.num_workers, or set scaling.use_gpu=auto"
     raise LtrayError(
         f"scaling asks for {scaling.num_workers} workers of {each} each "
         f"({scaling.placement_strategy}); the cluster has {cpus:g} CPUs and {gpus:g} GPUs on "
-        f"{len(nodes)} node(s), room for {capacity}: lower scaling.num_workers or "
-        "scaling.cpus_per_worker"
+        f"{len(nodes)} node(s), room for {capacity}: {advice}"
     )
 
 
