@@ -138,3 +138,17 @@ def test_bad_yaml_and_missing_file(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(LtrayError, match="not valid YAML"):
         load_job(bad)
+
+
+def test_tracking_uri_defaults_to_mlflows_environment_variable(monkeypatch):
+    """As MLflow does: a job without tracking.uri logs to $MLFLOW_TRACKING_URI where it runs
+    (a cluster's nodes), else to sqlite:///mlflow.db; a uri in the job wins."""
+    raw = {"name": "t", "data": {"url": "s3://b/d"}}
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert validate_job(raw).tracking.uri == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert validate_job(raw).tracking.uri == "http://mlflow:5000"
+    given = {**raw, "tracking": {"uri": "sqlite:///other.db"}}
+    assert validate_job(given).tracking.uri == "sqlite:///other.db"
+    # where the runs go is not part of the run's name
+    assert validate_job(raw).run_name() == validate_job(given).run_name()

@@ -279,3 +279,40 @@ def test_the_shipped_job_files_pass_the_checks_before_the_connection(name, monke
         return
     with pytest.raises(LtrayError, match="is a relative path"):
         check_paths_reach_the_cluster(load_submission(Path(name), []).job, name)
+
+
+def test_the_address_and_the_token_come_from_where_ray_takes_them(monkeypatch, tmp_path):
+    from ltray.cluster.connection import dashboard_url, find_token
+
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert dashboard_url("head:8265") == "http://head:8265"
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")  # the GCS, not the job API: not taken
+    with pytest.raises(LtrayError, match="no cluster address"):
+        dashboard_url(None)
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "https://head:8265/")
+    assert dashboard_url(None) == "https://head:8265"
+    with pytest.raises(LtrayError, match="a Ray Client address"):
+        dashboard_url("ray://head:10001")
+
+    assert find_token().value is None
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-file\n")
+    assert (find_token().value, find_token().source) == ("from-file", "~/.ray/auth_token")
+    named = tmp_path / "token"
+    named.write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(named))
+    assert find_token().value == "from-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert find_token().source == "RAY_AUTH_TOKEN" and find_token().value == "from-env"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert find_token().value is None
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    with pytest.raises(
+        LtrayError, match="RAY_AUTH_TOKEN_PATH names .*missing, which cannot be read"
+    ):
+        find_token()
