@@ -290,11 +290,62 @@ def compose_secret_problems(compose: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+# Compose-spec keys this stack may use (docker compose ignores nothing silently: a misspelt key
+# is an error there, but a misspelt health check condition or volume is found only at `up`).
+TOP_LEVEL = {"name", "services", "volumes", "networks", "secrets", "configs", "include"}
+SERVICE = {
+    "image", "build", "command", "entrypoint", "environment", "env_file", "ports", "expose",
+    "volumes", "healthcheck", "depends_on", "restart", "shm_size", "deploy", "networks", "user",
+    "working_dir", "ulimits", "ipc", "labels", "logging", "container_name", "hostname",
+    "profiles", "secrets", "configs", "cap_add", "cap_drop", "devices", "gpus", "init",
+    "stop_grace_period", "tmpfs", "extra_hosts", "pull_policy", "network_mode",
+}  # fmt: skip
+HEALTHCHECK = {"test", "interval", "timeout", "retries", "start_period", "start_interval"}
+CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+
+
+def structure_problems(compose: Mapping[str, Any]) -> list[str]:
+    """Known keys; every long-running service checks its health; a service waited on as
+    healthy has a health check; named volumes are declared."""
+    problems = [
+        f"unknown top-level key {key!r}"
+        for key in compose
+        if key not in TOP_LEVEL and not str(key).startswith("x-")
+    ]
+    services = compose.get("services", {})
+    declared = set(compose.get("volumes") or {})
+    for name, service in services.items():
+        problems += [f"{name}: unknown key {key!r}" for key in service if key not in SERVICE]
+        health = service.get("healthcheck")
+        if health is None and service.get("restart") != "no":
+            problems.append(f"{name}: a long-running service without a health check")
+        problems += [
+            f"{name}: unknown healthcheck key {key!r}"
+            for key in health or {}
+            if key not in HEALTHCHECK
+        ]
+        depends = service.get("depends_on") or {}
+        for other, how in depends.items() if isinstance(depends, Mapping) else []:
+            condition = (how or {}).get("condition", "service_started")
+            if other not in services:
+                problems.append(f"{name}: depends on {other}, which is not a service")
+            elif condition not in CONDITIONS:
+                problems.append(f"{name}: depends on {other} with unknown condition {condition}")
+            elif condition == "service_healthy" and "healthcheck" not in services[other]:
+                problems.append(f"{name}: waits for {other} to be healthy; it has no health check")
+        for volume in service.get("volumes") or []:
+            source = str(volume).split(":", 1)[0]
+            if not source.startswith((".", "/", "~", "$")) and source not in declared:
+                problems.append(f"{name}: volume {source} is not declared under volumes:")
+    return problems
+
+
 def compose_problems(compose_path: Path, env_example_path: Path) -> list[str]:
     """Every check of a compose file and its .env.example."""
     text = Path(compose_path).read_text()
     compose = yaml.safe_load(text)
     return [
+        *structure_problems(compose),
         *port_problems(compose),
         *image_problems(compose),
         *service_command_problems(compose),
@@ -340,6 +391,13 @@ def dockerfile_problems(text: str) -> list[str]:
     users = [line.split()[1] for line in text.splitlines() if line.upper().startswith("USER ")]
     if not users or users[-1] in ("root", "0"):
         problems.append("Dockerfile: the image runs as root (its last USER)")
+    for line in _logical_lines(text):
+        words = line.split()
+        if words and words[0].upper() in ("COPY", "ADD"):
+            sources = [w for w in words[1:-1] if not w.startswith("--")]
+            for source in sources:
+                if source.rstrip("/") in (".", "docker", "*") or source.startswith("docker/.env"):
+                    problems.append(f"Dockerfile: {line} copies docker/.env into the image")
     installs = [line for line in _logical_lines(text) if "pip install" in line]
     if not installs:
         problems.append("Dockerfile: installs nothing with pip")

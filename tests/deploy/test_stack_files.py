@@ -79,6 +79,11 @@ def test_the_image_is_pinned_non_root_and_installs_the_tested_versions():
     assert constraints_check((DOCKER / "constraints.txt").read_text(), dockerfile) == []
 
 
+def test_docker_env_stays_out_of_the_build_context():
+    ignored = (DOCKER / "Dockerfile.dockerignore").read_text().split()
+    assert "docker/.env" in ignored
+
+
 def test_docker_env_is_ignored_by_git_and_the_example_is_not():
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs a git checkout")
@@ -112,6 +117,18 @@ def test_image_pinned(image, pinned):
 
 
 COMPOSE_BREAKS = {
+    "a misspelt key": (
+        replace('healthcheck:\n      test: ["CMD", "mc"', 'healtcheck:\n      test: ["CMD", "mc"'),
+        "minio: unknown key 'healtcheck'",
+    ),
+    "a service waited on as healthy without a health check": (
+        replace('healthcheck:\n      test: ["CMD-SHELL"', 'labels:\n      test: ["CMD-SHELL"'),
+        "mlflow: waits for postgres to be healthy; it has no health check",
+    ),
+    "an undeclared volume": (
+        replace("- minio-data:/data", "- minio-store:/data"),
+        "minio: volume minio-store is not declared under volumes:",
+    ),
     "a port on 0.0.0.0": (
         replace('"127.0.0.1:5000:5000"', '"0.0.0.0:5000:5000"'),
         "mlflow: port 0.0.0.0:5000:5000 is not bound to 127.0.0.1",
@@ -258,6 +275,11 @@ IMAGE_BREAKS = {
         lambda text: text + "USER root\n",
         "the image runs as root",
     ),
+    "the whole docker folder copied in": (
+        replace("COPY --chown=ray:users docker/constraints.txt ./docker/constraints.txt",
+                "COPY --chown=ray:users docker ./docker"),
+        "copies docker/.env into the image",
+    ),
     "an install without the constraints": (
         replace('pip install --no-cache-dir -c docker/constraints.txt ".[s3]"',
                 'pip install --no-cache-dir ".[s3]"'),
@@ -302,3 +324,24 @@ def test_broken_constraints_are_caught(tmp_path, edit, problem):
     broken = edited_copy(tmp_path, edit, "constraints.txt").read_text()
     problems = constraints_check(broken, (DOCKER / "Dockerfile").read_text())
     assert problem in problems, problems
+
+
+# The native stack (test_native_stack.py) skips, never fails, on a machine without PostgreSQL.
+
+
+def test_the_native_stack_skips_without_postgres_binaries(monkeypatch):
+    from deploy import stack
+
+    monkeypatch.setattr(stack.shutil, "which", lambda name: None)
+    monkeypatch.setattr(stack.glob, "glob", lambda pattern: [])
+    with pytest.raises(pytest.skip.Exception, match="needs PostgreSQL's initdb"):
+        stack.postgres_binaries()
+
+
+def test_the_native_stack_skips_as_root_without_an_unprivileged_user(monkeypatch):
+    from deploy import stack
+
+    monkeypatch.setattr(stack.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(stack.shutil, "which", lambda name: None)
+    with pytest.raises(pytest.skip.Exception, match="refuses to run as root"):
+        stack._unprivileged()
