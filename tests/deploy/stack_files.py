@@ -268,8 +268,10 @@ def allowed_host_problems(compose: Mapping[str, Any]) -> list[str]:
     return [f"{name}: Host {h} is not in --allowed-hosts" for h in missing]
 
 
-def variable_problems(compose_text: str, env_example_text: str) -> list[str]:
-    used = compose_variables(compose_text)
+def variable_problems(compose: Mapping[str, Any], env_example_text: str) -> list[str]:
+    """The variables the compose file uses (in its values, not its comments) are the ones
+    .env.example defines."""
+    used = set().union(*(compose_variables(text) for text in strings_in(compose)))
     defined = env_file_names(env_example_text)
     problems = [f"${{{v}}} is used in compose.yaml but not in .env.example" for v in used - defined]
     problems += [f"{v} is in .env.example but compose.yaml does not use it" for v in defined - used]
@@ -290,8 +292,8 @@ def compose_secret_problems(compose: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-# Compose-spec keys this stack may use (docker compose ignores nothing silently: a misspelt key
-# is an error there, but a misspelt health check condition or volume is found only at `up`).
+# Compose-spec keys this stack may use: `docker compose config` would refuse a misspelt one, but
+# the tests cannot count on Docker, and a wrong depends_on condition shows only at `up`.
 TOP_LEVEL = {"name", "services", "volumes", "networks", "secrets", "configs", "include"}
 SERVICE = {
     "image", "build", "command", "entrypoint", "environment", "env_file", "ports", "expose",
@@ -342,15 +344,14 @@ def structure_problems(compose: Mapping[str, Any]) -> list[str]:
 
 def compose_problems(compose_path: Path, env_example_path: Path) -> list[str]:
     """Every check of a compose file and its .env.example."""
-    text = Path(compose_path).read_text()
-    compose = yaml.safe_load(text)
+    compose = load_yaml(compose_path)
     return [
         *structure_problems(compose),
         *port_problems(compose),
         *image_problems(compose),
         *service_command_problems(compose),
         *allowed_host_problems(compose),
-        *variable_problems(text, Path(env_example_path).read_text()),
+        *variable_problems(compose, Path(env_example_path).read_text()),
         *compose_secret_problems(compose),
     ]
 
