@@ -128,8 +128,8 @@ def postgres_server(database: str = "mlflow") -> Iterator[Postgres]:
     env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
 
     def run(*argv: str) -> None:
-        done = subprocess.run(
-            [*as_user, *argv], env=env, capture_output=True, text=True, timeout=120
+        done = subprocess.run(  # from its own folder: the user may not enter the checkout's
+            [*as_user, *argv], cwd=folder, env=env, capture_output=True, text=True, timeout=120
         )
         if done.returncode != 0:
             log = folder / "server.log"
