@@ -26,7 +26,11 @@ Address = Annotated[
     ),
 ]
 JobRef = Annotated[
-    str, typer.Argument(help="a submission id (ltray jobs lists them), or the job/sweep file")
+    str,
+    typer.Argument(
+        help="a submission id (ltray jobs lists them), or the job/sweep file with the --set "
+        "lines it was submitted with (its latest attempt)"
+    ),
 ]
 Follow = Annotated[
     bool, typer.Option("--follow", "-f", help="stream the log until the job ends; exit with it")
@@ -133,26 +137,32 @@ def jobs(address: Address = None) -> None:
         typer.echo("  ".join(row[c].ljust(widths.get(c, 0)) for c in columns).rstrip())
 
 
-def stop(job: JobRef, address: Address = None) -> None:
+def stop(job: JobRef, address: Address = None, overrides: Overrides = None) -> None:
     """Stop a job: its driver, and Ray Train's controller and workers with it."""
     from ltray.cluster import submission as sub
     from ltray.cluster.connection import connect
 
     with exit_on_error():
         cluster = connect(address)
-        sid = sub.resolve_id(cluster, job)
+        sid = sub.resolve_id(cluster, job, overrides)
         info, alive = sub.stop(cluster, sid)
     status = str(getattr(info.status, "value", info.status))
     if alive:
         typer.echo(
-            f"error: job {sid} is {status.lower()}, but {alive} of its actors live on", err=True
+            f"error: job {sid} is {status.lower()}, but {len(alive)} of its actors live on: "
+            f"{', '.join(alive)}",
+            err=True,
         )
         raise typer.Exit(1)
     typer.echo(f"[ltray] job {sid} {status.lower()}; none of its workers live on")
 
 
 def logs(
-    job: JobRef, address: Address = None, follow: Follow = False, verbose: Verbose = False
+    job: JobRef,
+    address: Address = None,
+    overrides: Overrides = None,
+    follow: Follow = False,
+    verbose: Verbose = False,
 ) -> None:
     """Print a job's log (its driver's output: ltray's progress lines)."""
     from ltray.cluster import submission as sub
@@ -160,7 +170,7 @@ def logs(
 
     with exit_on_error(), _quiet(verbose):
         cluster = connect(address)
-        sid = sub.resolve_id(cluster, job)
+        sid = sub.resolve_id(cluster, job, overrides)
         if follow:
             _follow_to_the_end(cluster, sid)
             return

@@ -46,7 +46,7 @@ JOB_KEY = "ltray.job"
 ID_PREFIX = "ltray-"
 ACTIVE = ("PENDING", "RUNNING")
 ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
-STOP_WAIT_S = 120.0
+STOP_WAIT_S = 60.0
 AGENT_WAIT_S = 60.0
 
 
@@ -378,12 +378,12 @@ def follow(cluster: Cluster, sid: str, write: Callable[[str], None]) -> Any:
     return job_info(cluster, sid)
 
 
-def stop(cluster: Cluster, sid: str, timeout_s: float = STOP_WAIT_S) -> tuple[Any, int]:
+def stop(cluster: Cluster, sid: str, timeout_s: float = STOP_WAIT_S) -> tuple[Any, list[str]]:
     """Stop the job and wait until it has ended and its actors (Ray Train's controller and
-    workers) are gone; returns its info and how many of its actors were still alive."""
+    workers) are gone; returns its info and the actors still alive."""
     info = job_info(cluster, sid)
     if _status(info) in ENDED:
-        return info, 0
+        return info, []
     cluster.client.stop_job(sid)
     deadline = time.monotonic() + timeout_s
     while _status(info) not in ENDED and time.monotonic() < deadline:
@@ -396,19 +396,25 @@ def stop(cluster: Cluster, sid: str, timeout_s: float = STOP_WAIT_S) -> tuple[An
     return info, alive
 
 
-def _alive_actors(cluster: Cluster, job_id: str | None) -> int:
+def _alive_actors(cluster: Cluster, job_id: str | None) -> list[str]:
+    """The class names of the job's actors that are alive, but for detached ones: those are
+    cluster-wide services that outlive every job by design (Ray Data's autoscaling
+    coordinator, which Ray Train starts)."""
     if not job_id:
-        return 0
+        return []
     from ray.util.state.api import StateApiClient
     from ray.util.state.common import ListApiOptions, StateResource
 
     state = StateApiClient(address=cluster.url, headers=dict(cluster.headers))
     actors = state.list(
         StateResource.ACTORS,
-        options=ListApiOptions(filters=[("job_id", "=", job_id), ("state", "=", "ALIVE")]),
+        options=ListApiOptions(
+            filters=[("job_id", "=", job_id), ("state", "=", "ALIVE")], detail=True
+        ),
         raise_on_missing_output=False,
     )
-    return len(actors)
+    records = [a if isinstance(a, dict) else a.__dict__ for a in actors]
+    return sorted(str(a.get("class_name")) for a in records if not a.get("is_detached"))
 
 
 def list_rows(cluster: Cluster) -> list[dict[str, str]]:

@@ -224,7 +224,7 @@ RAYJOB_BREAKS = {
         "spec.entrypoint: no job file jobs/inat19.yaml",
     ),
     "an override the job refuses": (
-        replace('--set tracking.uri="$MLFLOW_TRACKING_URI"', "--set schedule.epochs=0"),
+        replace("jobs/inat18.yaml'", "jobs/inat18.yaml --set schedule.epochs=0'"),
         "schedule.epochs",
     ),
     "a command that is not ltray train": (
