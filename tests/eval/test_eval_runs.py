@@ -93,7 +93,7 @@ def test_the_run_id_gives_the_same_numbers_and_logs_them_with_the_figure(
         if value is not None:  # NaN in MLflow, null in metrics.json
             assert logged[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
     artifacts = [a.path for a in client.list_artifacts(trained.run_id, "eval")]
-    assert artifacts == ["eval/confusion_test.png"]
+    assert "eval/confusion_test.png" in artifacts
     png = client.download_artifacts(trained.run_id, "eval/confusion_test.png", str(tmp_path))
     image = Image.open(io.BytesIO(Path(png).read_bytes())).convert("L")
     low, high = image.getextrema()
@@ -218,3 +218,28 @@ def test_the_job_file_can_replace_the_recorded_job(trained, tmp_path):
     out = tmp_path / "out"
     ok(str(trained.run_folder), "--job", str(job), "--out", str(out))
     assert_training_numbers(json.loads((out / "metrics.json").read_text()), trained.final)
+
+
+def test_a_checkpoint_logs_where_log_to_says(trained, tmp_path):
+    out = tmp_path / "out"
+    ok(
+        str(trained.run_folder), "--tracking-uri", trained.tracking_uri, "--split", "val",
+        "--log-to", trained.run_id, "--out", str(out),
+    )  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    client = mlflow.MlflowClient(trained.tracking_uri)
+    logged = client.get_run(trained.run_id).data.metrics
+    assert logged["eval/val/acc"] == metrics["eval/val/acc"]
+    # the last epoch's val evaluation saw the same model: the same numbers
+    for name in COUNTED:
+        last = client.get_metric_history(trained.run_id, f"val/{name}")[-1].value
+        assert metrics[f"eval/val/{name}"] == last, name
+    assert "eval/confusion_val.png" in [
+        a.path for a in client.list_artifacts(trained.run_id, "eval")
+    ]
+    assert (
+        one_error(
+            str(trained.run_folder), "--tracking-uri", trained.tracking_uri, "--log-to", "f" * 32
+        )
+        == f"error: no MLflow run '{'f' * 32}' in {trained.tracking_uri}"
+    )
