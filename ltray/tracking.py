@@ -12,6 +12,7 @@ The final metrics and the model are logged once, marked by the tag ``ltray.final
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +346,105 @@ def make_tracker(
     if rank != 0 or uri.lower() == "none":
         return NullTracker()
     return MlflowTracker(uri, experiment, artifact_location)
+
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+MODEL_ARTIFACT = "model"
+
+
+def tracking_uri_or_default(uri: str | None) -> str:
+    """``uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (the job's default),
+    a relative SQLite path made absolute."""
+    return resolve_tracking_uri(
+        uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    )
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """MLflow draws artifact downloads as progress bars on stderr: the console is the user's."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+class RecordedRun:
+    """A run read back from MLflow (what ``ltray eval`` evaluates and logs to): its params,
+    tags, logged model, and a way to add metrics and files to it.
+
+    Opening one never creates anything: a SQLite store that is not there, a server that
+    cannot be reached or a run id the store does not hold is an error naming the store (with
+    its credentials masked).
+    """
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        shown = redact_url(uri)
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+            raise LtrayError(
+                f"no MLflow store at {shown} (the file does not exist): pass --tracking-uri "
+                "or set MLFLOW_TRACKING_URI to the store the run was logged to"
+            )
+        if uri.startswith(("http://", "https://")):
+            check_reachable(uri)
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        self.mlflow = mlflow
+        self.uri = use_url_credentials(uri)
+        self.shown_uri = shown
+        self.client = mlflow.MlflowClient(self.uri)
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            raise LtrayError(f"no MLflow run {run_id!r} in {shown}") from None
+        self.run_id = run.info.run_id
+        self.params: dict[str, str] = dict(run.data.params)
+        self.tags: dict[str, str] = dict(run.data.tags)
+        self.run_name = self.tags.get(RUN_NAME_TAG) or run.info.run_name or self.run_id
+
+    def model_contract(self) -> dict[str, Any] | None:
+        """The ``ltray`` metadata of the run's logged model (its contract), or None when the
+        run logged no model."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            with _no_progress_bars():
+                info = self.mlflow.models.get_model_info(f"runs:/{self.run_id}/{MODEL_ARTIFACT}")
+        except (MlflowException, OSError):
+            return None
+        return (info.metadata or {}).get("ltray")
+
+    def model_state(self) -> dict[str, Any]:
+        """The tensors of the run's logged model (a ``torch.export`` graph, loaded without
+        pickle), by their names in the model that was exported."""
+        from mlflow.exceptions import MlflowException
+
+        self.mlflow.set_tracking_uri(self.uri)
+        try:
+            with _no_progress_bars():
+                module = self.mlflow.pytorch.load_model(f"runs:/{self.run_id}/{MODEL_ARTIFACT}")
+        except (MlflowException, OSError) as exc:
+            line = redact_url(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
+            raise LtrayError(
+                f"the model of MLflow run {self.run_id} in {self.shown_uri} cannot be loaded: "
+                f"{line or type(exc).__name__}"
+            ) from None
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        timestamp = int(1000 * time.time())
+        items = [Metric(metric_key(k), float(v), timestamp, step) for k, v in metrics.items()]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
+
+    def log_file(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)

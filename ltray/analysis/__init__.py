@@ -1,2 +1,3 @@
-"""Accuracy and logit-decomposition statistics: per-class counts and sums that ranks all-reduce,
-and the reports built from them."""
+"""Accuracy, calibration and logit-decomposition statistics: per-class counts and sums that
+ranks all-reduce, the reports built from them, and ``ltray eval``'s evaluation of a trained
+model (:mod:`ltray.analysis.evaluation`)."""

@@ -1,5 +1,5 @@
-"""The ``ltray`` command: one module per command group (prepare, train, tune, submit/jobs/stop/
-logs, config, demo).
+"""The ``ltray`` command: one module per command group (prepare, train, tune, eval,
+submit/jobs/stop/logs, config, demo).
 
 Each subcommand validates its input at the edge and prints one clear ``error: ...`` line
 (exit 1) for anything the user can get wrong (:func:`ltray.cli.console.exit_on_error`).
@@ -12,13 +12,13 @@ from typing import Annotated
 
 import typer
 
-from ltray.cli import demo, show_config, submit, train, tune
+from ltray.cli import demo, evaluate, show_config, submit, train, tune
 from ltray.cli.prepare import app as prepare_app
 
 app = typer.Typer(
     name="ltray",
-    help="Train long-tailed image classifiers: prepare data sets, train, sweep, submit to a "
-    "cluster, run the demo.",
+    help="Train long-tailed image classifiers: prepare data sets, train, sweep, evaluate, "
+    "submit to a cluster, run the demo.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -26,6 +26,7 @@ app = typer.Typer(
 app.add_typer(prepare_app, name="prepare", help="Write a data set as Parquet shards.")
 app.command()(train.train)
 app.command()(tune.tune)
+app.command(name="eval")(evaluate.eval_)
 app.command()(submit.submit)
 app.command()(submit.jobs)
 app.command()(submit.stop)

@@ -3,6 +3,7 @@ model it logs (:class:`Predictor`)."""
 
 from __future__ import annotations
 
+import ast
 import math
 import os
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ltray.config import JobConfig, flatten
-from ltray.secrets import public_url, redact
+from ltray.config import JobConfig, flatten, validate_job
+from ltray.secrets import MASK, public_url, redact
 from ltray.train.provenance import ltray_commit, ltray_version
 from ltray.train.run_identity import IDENTITY_TAG, identity_of
 from ltray.train.session import Session, say  # noqa: F401 (say: re-exported)
@@ -23,6 +24,38 @@ def run_params(job: JobConfig, run_name: str, world_size: int, peak_lr: float) -
     params = flatten(redact(job.model_dump(mode="json", exclude={"submit"})))
     params.update({"run_name": run_name, "world_size": world_size, "peak_lr": peak_lr})
     return params
+
+
+RUN_ONLY_PARAMS = ("run_name", "world_size", "peak_lr")  # what run_params adds to the job
+
+
+def job_from_params(params: dict[str, str], source: str) -> JobConfig:
+    """The resolved job back from a run's MLflow params (the inverse of :func:`run_params`).
+
+    MLflow keeps every param as text: lists and ``None`` are read back as Python literals,
+    the rest stays text for the schema to convert (``"32"`` into an int field). Masked
+    values (storage options, credentials) are left to their defaults: whoever evaluates
+    supplies their own credentials (environment, ``--data``). ``source`` names the run in
+    errors.
+    """
+    nested: dict[str, Any] = {}
+    for key, text in params.items():
+        if key in RUN_ONLY_PARAMS or text == MASK:
+            continue
+        value: Any = text
+        if text == "None":
+            value = None
+        elif text and text[0] in "[({":
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                pass
+        *sections, leaf = key.split(".")
+        node = nested
+        for part in sections:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return validate_job(nested, source=source)
 
 
 def worker_nodes(session: Session, distributed: bool) -> str:
