@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,6 +224,31 @@ def check_cluster_fits(
     )
 
 
+RAY_WORKING_DIRS = f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}"
+
+
+@contextlib.contextmanager
+def steady_cwd() -> Iterator[None]:
+    """Run a Ray fit from a folder that stays. In a job submitted with a working_dir, the driver
+    runs in Ray's unpacked copy of it, and Ray replaces that copy (deletes and unpacks it again)
+    when the job's new workers set it up: the driver's current folder is gone, and Ray Tune's
+    end-of-fit bookkeeping (relative paths, so os.getcwd) fails with FileNotFoundError (Ray
+    issue 52343). The same path holds the fresh copy afterwards: it is the current folder again
+    on the way out. Elsewhere nothing changes."""
+    try:
+        here = os.getcwd()
+    except FileNotFoundError:
+        here = os.environ.get("PWD", "")
+    if RAY_WORKING_DIRS not in here + os.sep:
+        yield
+        return
+    os.chdir(tempfile.gettempdir())
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
 def ray_init() -> None:
     """Join the cluster at RAY_ADDRESS, or start a local Ray; Ray's logs are linked from
     ltray's log folder."""
@@ -303,7 +330,7 @@ def run_on_ray(
     if storage.exists(failure):
         storage.remove(failure)  # left by an earlier attempt of this job
     try:
-        with relay:
+        with relay, steady_cwd():
             result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
         cause = scrub(_root_cause(exc), job.model_dump())

@@ -33,6 +33,7 @@ from ltray.train.launcher import (
     check_cluster_fits,
     preflight,
     ray_init,
+    steady_cwd,
     use_gpu_on_cluster,
     worker_capacity,
 )
@@ -164,7 +165,8 @@ def run_sweep(sweep: Sweep, *, fresh: bool = False, best_out: Path | None = None
         )
         tuner = _new_tuner(sweep, trainable, path, filesystem, concurrency, parent)
     try:
-        tuner.fit()  # returns after the last trial, or after a Ctrl-C (Tune saves its state)
+        with steady_cwd():
+            tuner.fit()  # returns after the last trial, or after a Ctrl-C (Tune saves its state)
     except BaseException:
         if parent is not None:
             parent.finish("KILLED")

@@ -4,6 +4,7 @@ check that came after the connection would fail with the connection's line inste
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -316,3 +317,34 @@ def test_the_address_and_the_token_come_from_where_ray_takes_them(monkeypatch, t
         LtrayError, match="RAY_AUTH_TOKEN_PATH names .*missing, which cannot be read"
     ):
         find_token()
+
+
+def test_a_fit_runs_from_a_folder_that_stays_in_a_submitted_job(tmp_path, monkeypatch):
+    """Ray replaces a submitted job's unpacked working_dir while the driver runs in it (Ray
+    issue 52343): inside steady_cwd the current folder survives that, and afterwards it is the
+    fresh copy; anywhere else steady_cwd changes nothing."""
+    import shutil
+
+    from ltray.train.launcher import steady_cwd
+
+    copy = tmp_path / "session" / "runtime_resources" / "working_dir_files" / "_ray_pkg_1"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    with steady_cwd():
+        shutil.rmtree(copy)  # what Ray does when the job's next worker sets the env up
+        copy.mkdir()
+        (copy / "fresh").write_text("x")
+        assert os.path.isdir(os.getcwd())
+        assert os.path.relpath("a/b", start="a") == "b"  # Tune's bookkeeping, which needs cwd
+    assert Path(os.getcwd()) == copy and Path("fresh").exists()
+
+    monkeypatch.chdir(tmp_path)
+    with steady_cwd():
+        assert Path(os.getcwd()) == tmp_path
+
+    # the control: without steady_cwd, the same replacement leaves no current folder
+    monkeypatch.chdir(copy)
+    shutil.rmtree(copy)
+    copy.mkdir()
+    with pytest.raises(FileNotFoundError):
+        os.getcwd()

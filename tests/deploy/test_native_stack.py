@@ -255,6 +255,29 @@ def test_submit_follow_runs_the_demo_job_through_the_stack_once(stack, tmp_path)
     assert code == 0 and "[ltray] epoch 1:" in log
 
 
+def test_a_sweep_file_is_submitted_as_ltray_tune(stack):
+    """The shipped tiny sweep over the demo job (both files uploaded, the base found beside it on
+    the cluster): two one-epoch trials, nested under one MLflow parent on the stack's server."""
+    env, uri, *_, sets = stack
+    small = [*sets, "search.trials=2", "scheduler.kind=none", "schedule.epochs=1"]
+    code, output = ltray(env, "submit", "jobs/sweeps/tiny.yaml", "--follow", *with_sets(small))
+    assert code == 0, output[-4000:]
+    sid = submission_id_in(output)
+    assert re.search(
+        r"submitted ltray-demo-sweep-\w+ to .*: ltray tune jobs/sweeps/tiny\.yaml", output
+    )
+    assert f"[ltray] job {sid} succeeded" in output
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("demo")
+    parent = f"tags.`ltray.run_name` = '{sid.removeprefix('ltray-')}'"
+    (sweep_run,) = client.search_runs([experiment.experiment_id], filter_string=parent)
+    children = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{sweep_run.info.run_id}'",
+    )
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+
+
 def test_stop_ends_a_long_job_and_its_workers_and_resubmit_resumes_it(stack):
     env, *_, sets = stack
     long_job = with_sets([*sets, "schedule.epochs=400", "name=long"])
