@@ -54,7 +54,7 @@ def _write(chunk: str) -> None:
 
 
 def _follow_to_the_end(cluster, sid: str) -> None:  # noqa: ANN001 - Cluster, imported late
-    from ltray.cluster.submission import follow
+    from ltray.cluster.submission import follow, status_of
 
     try:
         info = follow(cluster, sid, _write)
@@ -65,7 +65,7 @@ def _follow_to_the_end(cluster, sid: str) -> None:  # noqa: ANN001 - Cluster, im
             err=True,
         )
         raise typer.Exit(130) from None
-    status = str(getattr(info.status, "value", info.status))
+    status = status_of(info)
     if status == "SUCCEEDED":
         typer.echo(f"[ltray] job {sid} succeeded")
         return
@@ -146,7 +146,7 @@ def stop(job: JobRef, address: Address = None, overrides: Overrides = None) -> N
         cluster = connect(address)
         sid = sub.resolve_id(cluster, job, overrides)
         info, alive = sub.stop(cluster, sid)
-    status = str(getattr(info.status, "value", info.status))
+    status = sub.status_of(info)
     if alive:
         typer.echo(
             f"error: job {sid} is {status.lower()}, but {len(alive)} of its actors live on: "

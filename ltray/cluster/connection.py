@@ -138,22 +138,24 @@ class Cluster:
     def shown(self) -> str:
         return redact_url(self.url)
 
-    def alive_nodes(self) -> list[dict[str, float]]:
-        """Each alive node's resources (CPU, GPU, memory, custom), from the state API."""
+    def state(self, resource: str, filters: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+        """Ray's state API on this cluster (with the token): each ``resource`` record ("nodes",
+        "actors") matching ``filters``, in detail, as a dict."""
         from ray.util.state.api import StateApiClient
         from ray.util.state.common import ListApiOptions, StateResource
 
-        state = StateApiClient(address=self.url, headers=dict(self.headers))
-        nodes = state.list(
-            StateResource.NODES,
-            options=ListApiOptions(filters=[("state", "=", "ALIVE")], detail=True),
+        client = StateApiClient(address=self.url, headers=dict(self.headers))
+        records = client.list(
+            StateResource(resource),
+            options=ListApiOptions(filters=filters, detail=True),
             raise_on_missing_output=False,
         )
-        return [dict(_field(node, "resources_total") or {}) for node in nodes]
+        return [r if isinstance(r, dict) else vars(r) for r in records]
 
-
-def _field(record: Any, name: str) -> Any:
-    return record.get(name) if isinstance(record, dict) else getattr(record, name, None)
+    def alive_nodes(self) -> list[dict[str, float]]:
+        """Each alive node's resources (CPU, GPU, memory, custom)."""
+        nodes = self.state("nodes", [("state", "=", "ALIVE")])
+        return [dict(node.get("resources_total") or {}) for node in nodes]
 
 
 def connect(address: str | None) -> Cluster:

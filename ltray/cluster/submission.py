@@ -227,7 +227,7 @@ def check_resources(submission: Submission, cluster: Cluster) -> None:
 # ---- attempts ------------------------------------------------------------------------------
 
 
-def _status(job: Any) -> str:
+def status_of(job: Any) -> str:
     return str(getattr(job.status, "value", job.status))
 
 
@@ -257,7 +257,7 @@ def refuse_duplicate(submission: Submission, earlier: list[Any], resubmit: bool,
     if not earlier:
         return
     last = earlier[-1]
-    status, sid = _status(last), last.submission_id
+    status, sid = status_of(last), last.submission_id
     what = f"{submission.path} (job {submission.key})"
     if status in ACTIVE:
         raise LtrayError(
@@ -372,7 +372,7 @@ def follow(cluster: Cluster, sid: str, write: Callable[[str], None]) -> Any:
     asyncio.run(tail())
     for _ in range(50):  # the log closes a moment before the status is final
         info = job_info(cluster, sid)
-        if _status(info) in ENDED:
+        if status_of(info) in ENDED:
             return info
         time.sleep(0.2)
     return job_info(cluster, sid)
@@ -382,11 +382,11 @@ def stop(cluster: Cluster, sid: str, timeout_s: float = STOP_WAIT_S) -> tuple[An
     """Stop the job and wait until it has ended and its actors (Ray Train's controller and
     workers) are gone; returns its info and the actors still alive."""
     info = job_info(cluster, sid)
-    if _status(info) in ENDED:
+    if status_of(info) in ENDED:
         return info, []
     cluster.client.stop_job(sid)
     deadline = time.monotonic() + timeout_s
-    while _status(info) not in ENDED and time.monotonic() < deadline:
+    while status_of(info) not in ENDED and time.monotonic() < deadline:
         time.sleep(0.5)
         info = job_info(cluster, sid)
     alive = _alive_actors(cluster, info.job_id)
@@ -402,19 +402,8 @@ def _alive_actors(cluster: Cluster, job_id: str | None) -> list[str]:
     coordinator, which Ray Train starts)."""
     if not job_id:
         return []
-    from ray.util.state.api import StateApiClient
-    from ray.util.state.common import ListApiOptions, StateResource
-
-    state = StateApiClient(address=cluster.url, headers=dict(cluster.headers))
-    actors = state.list(
-        StateResource.ACTORS,
-        options=ListApiOptions(
-            filters=[("job_id", "=", job_id), ("state", "=", "ALIVE")], detail=True
-        ),
-        raise_on_missing_output=False,
-    )
-    records = [a if isinstance(a, dict) else a.__dict__ for a in actors]
-    return sorted(str(a.get("class_name")) for a in records if not a.get("is_detached"))
+    actors = cluster.state("actors", [("job_id", "=", job_id), ("state", "=", "ALIVE")])
+    return sorted(str(a.get("class_name")) for a in actors if not a.get("is_detached"))
 
 
 def list_rows(cluster: Cluster) -> list[dict[str, str]]:
@@ -426,7 +415,7 @@ def list_rows(cluster: Cluster) -> list[dict[str, str]]:
         rows.append(
             {
                 "id": str(job.submission_id or job.job_id),
-                "status": _status(job),
+                "status": status_of(job),
                 "started": _when(job),
                 "job": metadata.get(JOB_KEY, "-"),
                 "entrypoint": job.entrypoint,
