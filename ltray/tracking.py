@@ -29,6 +29,13 @@ from ltray.errors import LtrayError
 from ltray.secrets import public_url, redact_url, scrub, url_credentials
 
 RUN_NAME_TAG = "ltray.run_name"
+# a sweep: its parent run, tagged as one and, once complete, with its best trial; each trial's run
+# nested under it (MLflow's own parent tag: the UI nests the child under its parent)
+SWEEP_KIND_TAG = "ltray.kind"
+BEST_TRIAL_TAG = "ltray.best_trial"
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "ltray.trial_id"
+SWEEP_TAG = "ltray.sweep"
 SUPERSEDED = "@superseded"
 FINAL_TAG = "ltray.final_logged"  # "metrics", then "model": what of the final step is logged
 EPOCH_METRIC = "epoch"
@@ -375,6 +382,23 @@ def _no_progress_bars() -> Iterator[None]:
             os.environ[key] = before
 
 
+def open_store(uri: str) -> Any:
+    """An ``MlflowClient`` on a store that is there, for reading what runs logged: a SQLite file
+    that does not exist (which MLflow would create, empty) or a server that cannot be reached is
+    an error naming the store, its credentials masked."""
+    shown = redact_url(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise LtrayError(
+            f"no MLflow store at {shown} (the file does not exist): pass --tracking-uri "
+            "or set MLFLOW_TRACKING_URI to the store the run was logged to"
+        )
+    if uri.startswith(("http://", "https://")):
+        check_reachable(uri)
+    import mlflow
+
+    return mlflow.MlflowClient(use_url_credentials(uri))
+
+
 class RecordedRun:
     """A run read back from MLflow (what ``ltray eval`` evaluates and logs to): its params,
     tags, logged model, and a way to add metrics and files to it.
@@ -385,21 +409,13 @@ class RecordedRun:
     """
 
     def __init__(self, uri: str, run_id: str) -> None:
-        shown = redact_url(uri)
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-            raise LtrayError(
-                f"no MLflow store at {shown} (the file does not exist): pass --tracking-uri "
-                "or set MLFLOW_TRACKING_URI to the store the run was logged to"
-            )
-        if uri.startswith(("http://", "https://")):
-            check_reachable(uri)
         import mlflow
         from mlflow.exceptions import MlflowException
 
         self.mlflow = mlflow
+        self.client = open_store(uri)
         self.uri = use_url_credentials(uri)
-        self.shown_uri = shown
-        self.client = mlflow.MlflowClient(self.uri)
+        self.shown_uri = shown = redact_url(uri)
         try:
             run = self.client.get_run(run_id)
         except MlflowException:

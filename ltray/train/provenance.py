@@ -9,6 +9,8 @@ and says so.
 from __future__ import annotations
 
 import functools
+import os
+import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -49,3 +51,30 @@ def ltray_commit(package_dir: Path | None = None) -> str:
         return NOT_A_CHECKOUT
     dirty = _git(package_dir, "status", "--porcelain", "--untracked-files=no", "--", ".")
     return f"{commit}-dirty" if dirty else commit
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.cache
+def machine() -> str:
+    """The machine rank 0 runs on, as a report shows it: host, CPU, cores, memory, GPUs, torch."""
+    import torch
+
+    parts = [f"{platform.node()}: {_cpu_model()}, {os.cpu_count()} cores"]
+    pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    parts.append(f"{pages * page_size / 2**30:.0f} GiB")
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        parts.append(", ".join(f"{names.count(n)} x {n}" for n in dict.fromkeys(names)))
+    else:
+        parts.append("no GPU")
+    parts.append(f"torch {torch.__version__}")
+    return ", ".join(parts)

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from ltray.config import JobConfig, flatten, validate_job
 from ltray.secrets import MASK, public_url, redact
-from ltray.train.provenance import ltray_commit, ltray_version
+from ltray.train.provenance import ltray_commit, ltray_version, machine
 from ltray.train.run_identity import IDENTITY_TAG, identity_of
 from ltray.train.session import Session, say  # noqa: F401 (say: re-exported)
 
@@ -80,6 +80,7 @@ def run_tags(job: JobConfig, nodes: str, data_fingerprint: str) -> dict[str, str
         IDENTITY_TAG: identity_of(job).as_json(),
         "mlflow.source.git.commit": ltray_commit(),
         "ltray.version": ltray_version(),
+        "ltray.machine": machine(),
     }
     submission = os.environ.get("LTRAY_SUBMISSION_ID")  # set by `ltray submit`
     if submission:

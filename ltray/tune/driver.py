@@ -23,6 +23,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ltray.config import JobConfig
 from ltray.fs import join_url
 from ltray.secrets import split_secrets
+from ltray.tracking import PARENT_TAG, SWEEP_TAG, TRIAL_TAG
 from ltray.train.checkpoint import CHECKPOINT_FILE, load_state
 from ltray.train.launcher import run_on_ray, use_gpu_on_cluster
 from ltray.train.run_identity import (
@@ -35,9 +36,6 @@ from ltray.train.storage import Storage
 from ltray.tune.search import EPOCHS_DONE
 from ltray.tune.sweep_config import Sweep
 
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests the child under its parent
-TRIAL_TAG = "ltray.trial_id"
-SWEEP_TAG = "ltray.sweep"
 TRIALS_FOLDER = "trials"  # {storage}/{sweep run}/trials/{trial run}: the trials' Train runs
 
 

@@ -27,7 +27,7 @@ from ltray.data import Manifest
 from ltray.data.profiles import shot_groups
 from ltray.errors import LtrayError
 from ltray.secrets import redact, redact_url
-from ltray.tracking import MlflowTracker
+from ltray.tracking import BEST_TRIAL_TAG, SWEEP_KIND_TAG, MlflowTracker
 from ltray.train.launcher import (
     absolutize,
     check_cluster_fits,
@@ -45,7 +45,6 @@ from ltray.tune.leaderboard import FINISHED, TrialRow
 from ltray.tune.search import EPOCHS_DONE, num_samples, param_space, scheduler, search_algorithm
 from ltray.tune.sweep_config import Sweep
 
-SWEEP_KIND_TAG = "ltray.kind"
 # a trial's driver waits on its trainer's workers, which reserve the CPUs and GPUs: it reserves
 # no CPU (a fraction would leave a node's last worker slot short), only memory for its process
 DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
@@ -277,7 +276,7 @@ def log_to_parent(
             leaderboard.figure(sweep, rows, figure, run_name)
             parent.log_file(figure, "sweep")
     if best is not None:
-        parent.set_tags({"ltray.best_trial": best.trial_id})
+        parent.set_tags({BEST_TRIAL_TAG: best.trial_id})
 
 
 def redacted_job_yaml(text: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -119,6 +120,7 @@ def test_a_local_run_logs_what_it_resolved_and_where_to_look(tiny_data, tmp_path
     assert params["scaling.num_workers"] == "1" and params["scaling.precision"] == "fp32"
     assert params["scaling.use_gpu"] == "False"
     assert tags["ltray.version"] and tags["mlflow.source.git.commit"]
+    assert re.fullmatch(r".+: .+, \d+ cores, \d+ GiB, (no GPU|.+), torch .+", tags["ltray.machine"])
     fingerprint = read_manifest(tiny_data).fingerprint
     assert tags["ltray.dataset.fingerprint"] == fingerprint
     (dataset,) = run.inputs.dataset_inputs
