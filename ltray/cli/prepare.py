@@ -33,6 +33,7 @@ from rich.progress import (
 from ltray.cli.console import exit_on_error
 from ltray.data.prepare import list_sources, sources
 from ltray.data.prepare.orchestrator import REPORT_NAME, PrepareOptions, PrepareResult, prepare_from
+from ltray.data.prepare.resize import DEFAULT_JPEG_QUALITY, resize_option
 from ltray.data.prepare.sources import SourcePlan
 from ltray.data.prepare.val_split import check_val_per_class
 from ltray.data.profiles import GROUPS, check_imbalance
@@ -97,6 +98,23 @@ StorageOpt = Annotated[
         show_default=False,
     ),
 ]
+ResizeShorter = Annotated[
+    int | None,
+    typer.Option(
+        help="Re-encode every image whose shorter side exceeds N px as a JPEG with that side N "
+        "(aspect kept), as long-tail recipes train iNat/ImageNet-LT; smaller images keep their "
+        "bytes. Default: every image's original bytes, never re-encoded.",
+        show_default=False,
+    ),
+]
+JpegQuality = Annotated[
+    int | None,
+    typer.Option(
+        help=f"JPEG quality of the resized images, 1-100 (default {DEFAULT_JPEG_QUALITY}; "
+        "only with --resize-shorter).",
+        show_default=False,
+    ),
+]
 ScratchOpt = Annotated[
     Path | None, typer.Option(help="Where a .tar.gz is decompressed (default: the system temp).")
 ]
@@ -152,6 +170,8 @@ _SHARED = (
     _Shared("validate", ValidateOpt, Validate.decode),
     _Shared("storage_options", StorageOpt, None),
     _Shared("scratch_dir", ScratchOpt, None),
+    _Shared("resize_shorter", ResizeShorter, None),
+    _Shared("jpeg_quality", JpegQuality, None),
 )
 
 
@@ -171,6 +191,7 @@ def _prepare_options(shared: dict[str, Any]) -> PrepareOptions:
         overwrite=shared["overwrite"],
         storage_options=parse_storage_options(shared["storage_options"]),
         scratch_dir=str(scratch) if scratch else None,
+        resize=resize_option(shared["resize_shorter"], shared["jpeg_quality"]),
     )
 
 
@@ -257,11 +278,33 @@ def _summary(result: PrepareResult, out: str) -> str:
             f"val: {carve['per_class']} per class held out from the training images "
             f"({carve['from_left_out']:,} the profile left out, {carve['from_kept']:,} it kept)"
         )
+    if m.resize:
+        lines.append(_resize_line(m.resize))
     if result.reused:
         lines.append(f"resumed: kept {result.reused} finished shard(s), wrote {result.written}")
     lines.extend(_bad_lines(result.report, out))
     lines.extend(f"warning: {w} (recorded in manifest.json)" for w in m.warnings)
     return "\n".join(lines)
+
+
+def _bytes_text(n: float) -> str:
+    units = ("B", "KiB", "MiB", "GiB")
+    power = 0
+    while n >= 1024 and power < len(units) - 1:
+        n, power = n / 1024, power + 1
+    return f"{n:.0f} B" if power == 0 else f"{n:.1f} {units[power]}"
+
+
+def _resize_line(resize: dict[str, Any]) -> str:
+    """Bytes before and after --resize-shorter, as the manifest's ``resize`` records them."""
+    images = max(1, resize["images"])
+    before, after = resize["source_bytes"], resize["bytes"]
+    return (
+        f"resized {resize['resized']:,} of {resize['images']:,} images to a shorter side of "
+        f"{resize['shorter']} px (JPEG quality {resize['jpeg_quality']}): image bytes "
+        f"{_bytes_text(before)} -> {_bytes_text(after)} "
+        f"({_bytes_text(before / images)} -> {_bytes_text(after / images)} per image)"
+    )
 
 
 def _bad_lines(report: dict[str, Any], out: str, limit: int = 10) -> list[str]:

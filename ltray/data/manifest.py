@@ -3,8 +3,10 @@
 It names the classes in label order, each split's per-class counts and shards (path relative
 to the data set, rows, bytes, sha256, rows per row group), the long-tail profile (name, IF,
 n_max, seed, per-class train count and shot group), the source it came from, warnings about
-what the prepare could not do as asked, and the parts of its fingerprint (recipe, per-split
-items and contents) so that a re-run can say what changed. A directory
+what the prepare could not do as asked, the parts of its fingerprint (recipe, per-split
+items and contents) so that a re-run can say what changed, and, for a data set prepared with
+``--resize-shorter``, how its images were resized and their bytes before and after (``resize``;
+null when the images are the source's own bytes, absent in older manifests). A directory
 without it is not a data set (or a prepare that did not finish), and readers refuse it.
 """
 
@@ -73,6 +75,8 @@ class Manifest:
     # the fingerprint's parts (ltray.data.prepare.fingerprint); {} in older manifests
     fingerprints: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # what the prepare could not do as asked
+    # shorter, jpeg_quality, filter, images, resized, source_bytes, bytes, splits; None: original
+    resize: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -124,6 +128,7 @@ class Manifest:
             "source": self.source,
             "warnings": list(self.warnings),
             "fingerprints": self.fingerprints,
+            "resize": self.resize,
         }
 
     @classmethod
@@ -162,6 +167,7 @@ class Manifest:
             fingerprint=str(data.get("fingerprint", "")),
             fingerprints=dict(data.get("fingerprints") or {}),
             warnings=[str(w) for w in data.get("warnings") or []],
+            resize=dict(data["resize"]) if data.get("resize") else None,
         )
 
 

@@ -1,24 +1,13 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
+from data_support import error_line as _error_line
+from data_support import run_prepare as run
 
-from ltray.cli.prepare import app
 from ltray.data import read_manifest
 
 COMMANDS = ["cifar-lt", "imagefolder", "imagenet-lt", "inat18", "synthetic"]
 FAST = ["--test-per-class", "5", "--n-max", "40", "--imbalance", "10"]
-
-
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def _error_line(result):
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

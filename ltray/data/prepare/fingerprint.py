@@ -1,6 +1,8 @@
 """What identifies a prepared data set, in parts, so that a re-run can tell what changed.
 
-- the **recipe**: source kind and parameters, shard layout, validation mode, the class names;
+- the **recipe**: source kind and parameters, shard layout, validation mode, the resize (only
+  when one is asked for, so data sets prepared before it keep their fingerprint), the class
+  names;
 - per split, the **items**: every (label, id) in write order;
 - per split, the **contents**: every item's stamp (size and modification time, or the content
   hash an object store keeps, as the source listing found them).
@@ -24,6 +26,7 @@ from typing import Any
 from ltray import fs
 from ltray.data.manifest import VERSION
 from ltray.data.prepare.image_refs import Item
+from ltray.data.prepare.resize import Resize
 from ltray.data.shards import ShardLayout
 from ltray.fs import StorageOptions
 
@@ -80,10 +83,25 @@ def _sha(*parts: str) -> str:
     return digest.hexdigest()
 
 
-def recipe(kind: str, params: dict[str, Any], layout: ShardLayout, validate: str) -> dict:
-    """The JSON-able parameters that define a data set besides its items."""
+def _head(
+    kind: str, params: dict[str, Any], layout: ShardLayout, validate: str, resize: Resize | None
+) -> dict[str, Any]:
     head = {"version": VERSION, "kind": kind, "params": params, "layout": asdict(layout)}
     head["validate"] = validate
+    if resize is not None:
+        head["resize"] = resize.record()
+    return head
+
+
+def recipe(
+    kind: str,
+    params: dict[str, Any],
+    layout: ShardLayout,
+    validate: str,
+    resize: Resize | None = None,
+) -> dict:
+    """The JSON-able parameters that define a data set besides its items."""
+    head = _head(kind, params, layout, validate, resize)
     return json.loads(json.dumps(head, sort_keys=True, default=str))
 
 
@@ -104,10 +122,11 @@ def fingerprints(
     splits: dict[str, list[Item]],
     layout: ShardLayout,
     validate: str,
+    resize: Resize | None = None,
 ) -> dict[str, Any]:
     """The parts (see the module docstring) and ``fingerprint``, a sha256 over them."""
     parts = {
-        "recipe": recipe(kind, params, layout, validate),
+        "recipe": recipe(kind, params, layout, validate, resize),
         "classes": _sha(json.dumps(classes)),
         "splits": {split: split_digests(items) for split, items in splits.items()},
     }
@@ -136,12 +155,13 @@ def legacy_fingerprint(
     splits: dict[str, list[Item]],
     layout: ShardLayout,
     validate: str,
+    resize: Resize | None = None,
 ) -> str:
     """The fingerprint of manifests written before contents were fingerprinted (recipe and
-    every (id, label), no stamps): lets a re-run recognise a data set an older ltray wrote."""
+    every (id, label), no stamps): lets a re-run recognise a data set an older ltray wrote
+    (never as a resized one: those are newer)."""
     digest = hashlib.sha256()
-    head = {"version": VERSION, "kind": kind, "params": params, "layout": asdict(layout)}
-    head["validate"] = validate
+    head = _head(kind, params, layout, validate, resize)
     digest.update(json.dumps(head, sort_keys=True, default=str).encode())
     digest.update(json.dumps(classes).encode())
     for split, items in splits.items():
@@ -167,6 +187,13 @@ def _show(value: Any) -> str:
     return "unset" if value is None else json.dumps(value)
 
 
+def _resize_text(recipe_of: Mapping[str, Any]) -> str:
+    resize = recipe_of.get("resize")
+    if not resize:
+        return "none, original bytes"
+    return f"shorter side {resize.get('shorter')} px, JPEG quality {resize.get('jpeg_quality')}"
+
+
 def describe_difference(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
     """What differs between two sets of fingerprints, in words, for a refusal message."""
     if not old or "recipe" not in old:
@@ -174,6 +201,9 @@ def describe_difference(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -
     old_recipe, new_recipe = old.get("recipe") or {}, new["recipe"]
     if old_recipe.get("kind") != new_recipe["kind"]:
         return f"source {old_recipe.get('kind')} -> {new_recipe['kind']}"
+    old_resize, new_resize = _resize_text(old_recipe), _resize_text(new_recipe)
+    if old_resize != new_resize:
+        return f"resize differs ({old_resize} -> {new_resize})"
     changes = _changes(old_recipe, new_recipe, "")
     if changes:
         shown = ", ".join(c.removeprefix("params.") for c in changes[:4])

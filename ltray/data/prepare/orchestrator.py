@@ -1,9 +1,10 @@
 """``ltray prepare``: turn a source's items into Parquet shards and a manifest, in parallel.
 
 One task is one shard (:mod:`ltray.data.prepare.shard_task`): a worker process reads its items'
-bytes, validates every image, writes the shard (to any fsspec URL) under ``OUT/_prepare/`` and
-then a small marker. The data set's fingerprint covers the recipe (source parameters, shard
-layout, validation), every (id, label) and every image's content stamp
+bytes, validates every image, resizes it where asked (:mod:`ltray.data.prepare.resize`), writes
+the shard (to any fsspec URL) under ``OUT/_prepare/`` and then a small marker. The data set's
+fingerprint covers the recipe (source parameters, shard layout, validation, resize), every
+(id, label) and every image's content stamp
 (:mod:`ltray.data.prepare.fingerprint`). A re-run of an unfinished prepare with the same recipe
 keeps each shard whose marker matches its items and stamps and the file's size and sha256, and
 redoes the rest, so an interrupted prepare resumes and a fixed image is picked up
@@ -44,6 +45,7 @@ from ltray.data.prepare.out_folder import (
     remove_stray_shards,
     write_plan_marker,
 )
+from ltray.data.prepare.resize import ByteTally, Resize
 from ltray.data.prepare.shard_task import (
     ShardResult,
     ShardTask,
@@ -67,7 +69,8 @@ ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    """How to prepare (not what): these, except layout and validate, do not change the data."""
+    """How to prepare (not what): these, except layout, validate and resize, do not change the
+    data."""
 
     layout: ShardLayout = field(default_factory=ShardLayout)
     workers: int = 0  # processes; 0 = one per core
@@ -76,6 +79,7 @@ class PrepareOptions:
     overwrite: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict)  # for SRC and OUT
     scratch_dir: str | None = None  # where a .tar.gz is decompressed
+    resize: Resize | None = None  # None: the images' original bytes, never re-encoded
 
 
 @dataclass
@@ -100,10 +104,12 @@ def write_order(items: list[Item], split: str, seed: int) -> list[Item]:
     return [items[i] for i in perm]
 
 
-def plan_fingerprints(plan: SourcePlan, layout: ShardLayout, validate: str = "decode") -> dict:
+def plan_fingerprints(
+    plan: SourcePlan, layout: ShardLayout, validate: str = "decode", resize: Resize | None = None
+) -> dict:
     """The fingerprint of what ``plan`` writes and its parts (see
     :mod:`ltray.data.prepare.fingerprint`); ``plan`` in write order."""
-    return fingerprints(plan.kind, plan.params, plan.classes, plan.splits, layout, validate)
+    return fingerprints(plan.kind, plan.params, plan.classes, plan.splits, layout, validate, resize)
 
 
 def shard_tasks(
@@ -133,6 +139,7 @@ def shard_tasks(
                     shard_fingerprint(parts, split, index, mine),
                     dict(options.storage_options),
                     sum(sizes[split][start : start + rows]),
+                    options.resize,
                 )
             )
             start += rows
@@ -299,8 +306,29 @@ def _report(
     }
 
 
+def _resize_record(
+    resize: Resize | None, plan: SourcePlan, results: list[ShardResult]
+) -> dict[str, Any] | None:
+    """The manifest's ``resize``: how, and per split and in all the images written, how many
+    were resized and their bytes as read and as written."""
+    if resize is None:
+        return None
+    per_split = {
+        split: sum((r.image_bytes for r in results if r.split == split), ByteTally())
+        for split in plan.splits
+    }
+    total = sum(per_split.values(), ByteTally())
+    splits = {split: tally.to_json() for split, tally in per_split.items()}
+    return {**resize.record(), **total.to_json(), "splits": splits}
+
+
 def _build_manifest(
-    plan: SourcePlan, results: list[ShardResult], parts: dict, many: int = 100, few: int = 20
+    plan: SourcePlan,
+    results: list[ShardResult],
+    parts: dict,
+    resize: Resize | None = None,
+    many: int = 100,
+    few: int = 20,
 ) -> Manifest:
     splits: dict[str, SplitInfo] = {}
     for split in plan.splits:
@@ -348,6 +376,7 @@ def _build_manifest(
     recorded = {k: v for k, v in parts.items() if k != "fingerprint"}
     manifest = Manifest(list(plan.classes), splits, profile, source, parts["fingerprint"])
     manifest.fingerprints, manifest.warnings = recorded, warnings
+    manifest.resize = _resize_record(resize, plan, results)
     return manifest
 
 
@@ -416,9 +445,15 @@ def prepare(
     seed = int(plan.profile.get("seed", 0))
     plan = replace(plan, splits={s: write_order(i, s, seed) for s, i in plan.splits.items()})
     check_out_location(out, plan.roots, opts)
-    parts = plan_fingerprints(plan, options.layout, options.validate)
+    parts = plan_fingerprints(plan, options.layout, options.validate, options.resize)
     legacy = legacy_fingerprint(
-        plan.kind, plan.params, plan.classes, plan.splits, options.layout, options.validate
+        plan.kind,
+        plan.params,
+        plan.classes,
+        plan.splits,
+        options.layout,
+        options.validate,
+        options.resize,
     )
     existing = check_out(out, parts, list(plan.splits), options.overwrite, opts, legacy)
     if existing is not None:
@@ -447,7 +482,7 @@ def prepare(
         )
         error.report = report  # the CLI lists the bad images
         raise error
-    manifest = _build_manifest(plan, results, parts)
+    manifest = _build_manifest(plan, results, parts, options.resize)
     paths = [r.info.path for r in results]
     move_into_place(out, paths, opts)
     remove_stray_shards(out, list(plan.splits), paths, opts)
