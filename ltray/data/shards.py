@@ -1,9 +1,10 @@
 """Shards: how a split's rows are cut into Parquet files and row groups, and how one is written.
 
-Columns: ``image`` (binary: the source's encoded bytes, never re-encoded), ``label`` (int32),
-``id`` (string: source path or key). Images are stored uncompressed (JPEG/PNG do not
-compress); row groups are the reader's unit of streaming and shuffling, so they are cut by
-a byte target (tens of MB) and a row cap (so small images still give many units).
+Columns: ``image`` (binary: the source's encoded bytes, re-encoded only where ``ltray prepare
+--resize-shorter`` shrank them), ``label`` (int32), ``id`` (string: source path or key). Images
+are stored uncompressed (JPEG/PNG do not compress); row groups are the reader's unit of
+streaming and shuffling, so they are cut by a byte target (tens of MB) and a row cap (so small
+images still give many units).
 """
 
 from __future__ import annotations
