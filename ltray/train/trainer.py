@@ -346,7 +346,18 @@ class Trainer:
         self.session.report({"stream/epoch": float(epoch), "stream/batch": float(batch)}, state)
 
     # --- evaluation --------------------------------------------------------------------------
+    def _agree_on_buffers(self) -> None:
+        """Every rank takes rank 0's buffers (BatchNorm's running statistics) before it
+        evaluates. DDP sends them only at the start of a training forward, and each rank's last
+        step then moved its own copy with its own batch: without this, each rank would evaluate
+        its part of a split with a model slightly different from rank 0's, which is the one
+        checkpointed and logged, and the numbers would differ from ``ltray eval``'s."""
+        if self.distributed:
+            for buffer in self.module.buffers():
+                dist.broadcast(buffer, src=0)
+
     def evaluate_split(self, split: str, prefix: str) -> tuple[dict[str, float], EvalCounts]:
+        self._agree_on_buffers()
         dataset = self._dataset(split, train=False)
         dataset.set_epoch(0)
         loader = make_loader(dataset, num_workers=self.job.data.loader_workers)
@@ -378,6 +389,7 @@ class Trainer:
 
     # --- stage 2 (crt, lws, tau_norm) --------------------------------------------------------
     def _features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        self._agree_on_buffers()
         dataset = self._dataset(split, train=False)
         dataset.set_epoch(0)
         return collect_features(
@@ -393,6 +405,7 @@ class Trainer:
         """crt, lws and weight_balancing train the classifier on augmented images through the
         frozen backbone (:mod:`ltray.train.classifier_stage`); tau_norm rescales it with a tau
         chosen on the val split's features (:mod:`ltray.train.decoupled`)."""
+        self._agree_on_buffers()  # the frozen backbone is rank 0's on every rank
         method = self.job.loss.name
         if method in RETRAINED:
             head, info = self._retrain_classifier(method)
