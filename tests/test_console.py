@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from processes import ltray_executable
 
-from ltray.cli.demo import load_demo_job
+from ltray.cli.demo import demo_job_mapping, load_demo_job
 
 REPO = Path(__file__).resolve().parents[1]
 LINE_SHAPES = {
@@ -24,8 +25,20 @@ LINE_SHAPES = {
     r"(?P<few>\d+) few\), train counts \[[\d, ]+\]",
     "epoch": r"\[ltray\] epoch (?P<epoch>\d+): train/loss_total=[\d.]+ val/acc=[\d.]+ "
     r"val/acc_many=[\d.]+ val/acc_medium=[\d.]+ val/acc_few=[\d.]+ \(\d+ img/s\)",
-    "result": r"\[ltray\] run (?P<run>demo-[0-9a-f]+): (?P<metrics>\{.*\})",
-    "mlflow": r"\[ltray\] MLflow run [0-9a-f]{32} \(experiment demo\); look at it with:",
+    "training": r"\[ltray\] training (?P<job>demo|demo-ce) \((?P<loss>ce|dr), \d+ epochs\)",
+    "result": r"\[ltray\] run (?P<run>demo(-ce)?-[0-9a-f]+): (?P<metrics>\{.*\})",
+    "finished": r"\[ltray\] run (?P<run>demo(-ce)?-[0-9a-f]+) already finished; start fresh to "
+    r"rerun it",
+    "evaluated": r"\[ltray\] (?P<how>evaluated|evaluated before) run (?P<run>demo(-ce)?-[0-9a-f]+) "
+    r"on test: top-1 (?P<acc>[\d.]+), top-5 [\d.]+, ECE [\d.]+",
+    "table_title": r"\[ltray\] test top-1 \(%\):",
+    "table_header": r"    method +seeds +All +Many +Medium +Few",
+    "table_row": r"    (?P<method>ce|dr|dr, best trial \(val/acc_balanced\) of sweep "
+    r"demo-sweep-[0-9a-f]{8}) +1 +(?P<all>[\d.]+) +[\d.]+ +[\d.]+ +[\d.]+",
+    "sweep_note": r"\[ltray\] sweep demo-sweep-[0-9a-f]{8} left out: its best trial \w+ logged "
+    r"no test metrics",
+    "report": r"\[ltray\] report: ltray-demo/report/report\.html \(and report\.md\)",
+    "mlflow": r"\[ltray\] MLflow experiment demo; look at it with:",
     "mlflow_ui": r"    mlflow ui --backend-store-uri sqlite:///ltray-demo/mlflow\.db",
     "sweep": r"\[ltray\] sweep demo-sweep-[0-9a-f]{8}: 6 trials \(random, scheduler asha\), "
     r"\d+ at a time",
@@ -88,23 +101,31 @@ def run_demo(cwd: Path, *args: str) -> Console:
     return console
 
 
-def expected_lines(local: bool = False) -> list[str]:
+def expected_lines(local: bool = False, epochs: int | None = None) -> list[str]:
     """The demo's stdout, line by line, as shape names (the sweep's trial lines, whose number
-    depends on where ASHA stops trials, as one ``trial``)."""
-    epochs = load_demo_job().schedule.epochs
-    training = ["logs", "preparing", "classes", *["epoch"] * epochs, "result", "mlflow"]
-    if local:
-        return [*training, "mlflow_ui", "no_sweep"]
-    sweep = ["sweep", "trial", "leaderboard", "header", *["row"] * 6, "best"]
-    return [*training, "mlflow_ui", *sweep]
+    depends on where ASHA stops trials, as one ``trial``; the report's row of the sweep's best
+    trial, or the note that it ended before its test evaluation, as ``best_row``)."""
+    epochs = epochs or load_demo_job().schedule.epochs
+    training = ["preparing", "classes"]
+    for _ in ("ce", "dr"):
+        training += ["training", *["epoch"] * epochs, "result"]
+    sweep = ["no_sweep"]
+    if not local:
+        sweep = ["sweep", "trial", "leaderboard", "header", *["row"] * 6, "best"]
+    table = ["table_title", "table_header", "table_row", "table_row"]
+    table += [] if local else ["best_row"]
+    ending = ["report", "mlflow", "mlflow_ui"]
+    return ["logs", *training, *sweep, "evaluated", "evaluated", *table, *ending]
 
 
 def shape_names(console: Console) -> list[str]:
     """The shapes of stdout's lines, a run of trial lines as one."""
     names: list[str] = []
-    for name, _ in console.shapes():
-        if not (name == "trial" and names and names[-1] == "trial"):
-            names.append(name)
+    for name, match in console.shapes():
+        if name == "trial" and names and names[-1] == "trial":
+            continue
+        best_trial = name == "table_row" and "best trial" in match["method"]
+        names.append("best_row" if best_trial or name == "sweep_note" else name)
     return names
 
 
@@ -133,14 +154,33 @@ def test_the_console_shows_only_ltrays_lines(demo):
 
 
 @pytest.mark.slow
-def test_the_demo_from_an_empty_folder_reports_many_medium_and_few(demo):
+def test_the_demo_from_an_empty_folder_trains_evaluates_and_reports(demo):
+    """The method and its CE baseline train, each evaluation gives its training's numbers, and
+    the report's table (printed and in the page) holds them."""
     folder, console = demo
     assert (folder / "ltray-demo" / "synthetic-lt" / "manifest.json").is_file()
     classes = console.one("classes")
     assert all(int(classes[g]) > 0 for g in ("many", "medium", "few"))
-    metrics = ast.literal_eval(console.one("result")["metrics"])
-    for key in ("test/acc", "test/acc_many", "test/acc_medium", "test/acc_few"):
-        assert 0.0 <= metrics[key] <= 100.0, key
+    shapes = console.shapes()
+    assert [m["loss"] for n, m in shapes if n == "training"] == ["ce", "dr"]
+    trained = {}
+    for name, match in shapes:
+        if name == "result":
+            metrics = ast.literal_eval(match["metrics"])
+            for key in ("test/acc", "test/acc_many", "test/acc_medium", "test/acc_few"):
+                assert 0.0 <= metrics[key] <= 100.0, key
+            trained[match["run"]] = metrics["test/acc"]
+    evaluated = {m["run"]: float(m["acc"]) for n, m in shapes if n == "evaluated"}
+    assert evaluated == pytest.approx(trained, abs=0.006)  # both printed to 2 decimals
+    rows = [m for n, m in shapes if n == "table_row" and "best trial" not in m["method"]]
+    by_loss = {m["method"]: float(m["all"]) for m in rows}
+    assert by_loss == pytest.approx(
+        {("ce" if "-ce-" in run else "dr"): acc for run, acc in trained.items()}, abs=0.006
+    )
+    page = (folder / "ltray-demo" / "report" / "report.html").read_text()
+    for run in trained:
+        assert run in page
+    assert page.count("<img ") >= 2 and "data:image/png;base64," in page
 
 
 @pytest.mark.slow
@@ -155,19 +195,32 @@ def test_the_log_folder_holds_rays_chatter(demo):
 
 
 @pytest.mark.slow
-def test_verbose_brings_rays_lines_back(demo):
-    folder, _ = demo
-    console = run_demo(folder, "--verbose")  # the run is finished: Ray starts, reports, ends
+def test_a_second_demo_reuses_what_is_done_and_verbose_brings_rays_lines_back(demo):
+    folder, first = demo
+    report = folder / "ltray-demo" / "report" / "report.html"
+    before = report.stat().st_mtime_ns
+    console = run_demo(folder, "--verbose")  # the runs are finished: Ray starts, reports, ends
     both = console.out + console.err
     assert "[ltray] logs:" not in both
     assert "(RayTrainWorker" in both and "Reporting training result" in both
-    assert re.search(r"^\[ltray\] run demo-[0-9a-f]+ already finished", console.out, re.M)
+    runs = [m["run"] for n, m in first.shapes() if n == "result"]
+    for run in runs:
+        assert re.search(rf"^\[ltray\] run {run} already finished", console.out, re.M), run
+        assert re.search(rf"^\[ltray\] evaluated before run {run} on test", console.out, re.M)
+    assert "preparing" not in console.out
+    assert not re.search(r"^\[ltray\] trial \w+ started", console.out, re.M)  # no trial reran
+    assert report.stat().st_mtime_ns > before  # written again, from what MLflow holds
 
 
 @pytest.mark.slow
 def test_a_local_demo_looks_the_same(tmp_path):
-    console = run_demo(tmp_path, "--local")
-    assert shape_names(console) == expected_lines(local=True)
+    """``--local`` with the packaged job cut to 2 epochs of 3 steps (``--job``): the same lines,
+    without the sweep."""
+    raw = demo_job_mapping()
+    raw["schedule"].update(epochs=2, max_steps_per_epoch=3)
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump(raw))
+    console = run_demo(tmp_path, "--local", "--job", "short.yaml")
+    assert shape_names(console) == expected_lines(local=True, epochs=2)
     assert console.err == ""
     log = (Path(console.one("logs")["folder"]) / "ltray.log").read_text()
     assert "MLflow database tables" in log  # MLflow's chatter, kept from the console

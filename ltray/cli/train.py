@@ -45,11 +45,14 @@ def print_final(run_name: str, final: dict[str, float]) -> None:
 
 
 def where_to_look(job: JobConfig, run_id: str | None) -> list[str]:
-    """The MLflow run and how to open it: ``mlflow ui`` on a local store, the server's URL."""
-    if not job.tracking.enabled or run_id is None:
+    """The MLflow run (or, without one, the experiment) and how to open it: ``mlflow ui`` on a
+    local store, the server's URL."""
+    if not job.tracking.enabled:
         return []
     uri = public_url(job.tracking.uri)
-    lines = [f"MLflow run {run_id} (experiment {job.tracking.experiment}); look at it with:"]
+    experiment = f"experiment {job.tracking.experiment}"
+    what = f"MLflow run {run_id} ({experiment})" if run_id else f"MLflow {experiment}"
+    lines = [f"{what}; look at it with:"]
     if uri.startswith(("http://", "https://")):
         return [*lines, f"    open {uri}"]
     return [*lines, f"    mlflow ui --backend-store-uri {uri}"]
