@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from ltray.cli import demo, evaluate, show_config, submit, train, tune
+from ltray.cli import analyze, demo, evaluate, show_config, submit, train, tune
 from ltray.cli.prepare import app as prepare_app
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(prepare_app, name="prepare", help="Write a data set as Parquet sha
 app.command()(train.train)
 app.command()(tune.tune)
 app.command(name="eval")(evaluate.eval_)
+app.command()(analyze.analyze)
 app.command()(submit.submit)
 app.command()(submit.jobs)
 app.command()(submit.stop)
