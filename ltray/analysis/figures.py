@@ -45,6 +45,7 @@ class PerClassSeries:
     key: str  # in the record's "per_class" table
     marker: str
     name: str | None = None  # in the legend, where a figure draws more than one series
+    linestyle: str = "-"
 
 
 def draw_all(runs: Sequence[RunEpochs], out: Path) -> list[Path]:
@@ -69,7 +70,7 @@ def draw_all(runs: Sequence[RunEpochs], out: Path) -> list[Path]:
             runs,
             [
                 PerClassSeries("cos_target_mean", "o", r"$\cos\theta_y$ (its own class)"),
-                PerClassSeries("cos_other_max_mean", "x", "cos to the nearest other class"),
+                PerClassSeries("cos_other_max_mean", "x", "cos to the nearest other class", "--"),
             ],
             r"mean $\cos\theta$ of its images",
             "Cosine to the true class per class",
@@ -99,7 +100,12 @@ def _column(record: dict, key: str) -> np.ndarray:
 
 
 def _plot_per_class(
-    axes: Axes, counts: np.ndarray, values: np.ndarray, color: str, marker: str, label: str
+    axes: Axes,
+    counts: np.ndarray,
+    values: np.ndarray,
+    color: str,
+    label: str,
+    series: PerClassSeries,
 ) -> None:
     """Each class as a point at (training count, value); few classes joined by a line in count
     order, many classes as faint dots under the mean of log-spaced count bins."""
@@ -108,14 +114,30 @@ def _plot_per_class(
     order = np.argsort(x, kind="stable")
     x, y = x[order], y[order]
     if len(x) <= MANY_CLASSES:
-        axes.plot(x, y, marker=marker, color=color, label=label, linewidth=0.8, markersize=5)
+        axes.plot(
+            x,
+            y,
+            marker=series.marker,
+            linestyle=series.linestyle,
+            color=color,
+            label=label,
+            linewidth=0.8,
+            markersize=5,
+        )
         return
-    axes.scatter(x, y, s=5, marker=marker, color=color, alpha=0.25, linewidths=0.5)
+    axes.scatter(x, y, s=5, marker=series.marker, color=color, alpha=0.25, linewidths=0.5)
     edges = np.geomspace(x[0], x[-1] * 1.0001, 13)
     which = np.digitize(x, edges) - 1
     centres = [math.sqrt(edges[b] * edges[b + 1]) for b in range(12) if (which == b).any()]
     means = [y[which == b].mean() for b in range(12) if (which == b).any()]
-    axes.plot(centres, means, color=color, label=f"{label} (bin mean)", linewidth=2)
+    axes.plot(
+        centres,
+        means,
+        color=color,
+        linestyle=series.linestyle,
+        label=f"{label} (bin mean)",
+        linewidth=2,
+    )
 
 
 def _count_axis(axes: Axes) -> None:
@@ -180,7 +202,7 @@ def per_class_figure(
                 color = COLORS[i % len(COLORS)]
                 values = _column(record, one.key)
                 counts = _column(record, "train_count")
-                _plot_per_class(axes, counts, values, color, one.marker, label)
+                _plot_per_class(axes, counts, values, color, label, one)
         _group_boundaries(axes, shown[0][1].records[shown[0][2]])
         _count_axis(axes)
         axes.set_ylabel(ylabel)
@@ -239,7 +261,8 @@ def accuracy_figure(runs: Sequence[RunEpochs], path: Path) -> Path:
         color = COLORS[i % len(COLORS)]
         seen = _column(record, "count") > 0  # a class without evaluated images has no accuracy
         accuracy = np.where(seen, _column(record, "accuracy"), math.nan)
-        _plot_per_class(axes, _column(record, "train_count"), accuracy, color, "o", run.label)
+        counts = _column(record, "train_count")
+        _plot_per_class(axes, counts, accuracy, color, run.label, PerClassSeries("accuracy", "o"))
         mean = np.nanmean(accuracy) if np.isfinite(accuracy).any() else math.nan
         axes.axhline(
             mean, color=color, linestyle="--", linewidth=1, label=f"mean over classes {mean:.1f}%"

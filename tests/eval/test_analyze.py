@@ -142,3 +142,47 @@ def test_a_plotting_failure_is_one_warning_line(monkeypatch):
     log_run_figures(tracker, history(0), said.append)
     assert said == ["warning: the analysis figures were not logged: no font"]
     assert logged == []
+
+
+def decomposition_record(num_classes: int, seed: int) -> dict:
+    """What training logs for an epoch, from random features and rows."""
+    import torch
+
+    from ltray.analysis.decomposition import DecompositionAccumulator, summarize_decomposition
+    from ltray.data.profiles import shot_groups
+
+    gen = torch.Generator().manual_seed(seed)
+    counts = [max(2, int(500 * 0.01 ** (i / (num_classes - 1)))) for i in range(num_classes)]
+    weight = torch.randn(num_classes, 16, generator=gen)
+    labels = torch.arange(num_classes).repeat(2)
+    accumulator = DecompositionAccumulator(num_classes)
+    accumulator.update(torch.randn(len(labels), 16, generator=gen), labels, weight)
+    record = summarize_decomposition(accumulator, weight, counts, shot_groups(counts))
+    record["per_class"]["accuracy"] = torch.rand(num_classes, generator=gen).mul(100).tolist()
+    return record
+
+
+def test_many_classes_and_records_without_the_histogram(tmp_path):
+    """Beyond 60 classes the per-class figures draw dots under bin means; runs logged before
+    the angle histogram existed get every figure but the angle distribution."""
+    from ltray.analysis.analyze import write_figures
+
+    runs = [
+        RunHistory(
+            "a" * 32, "dr", {0: decomposition_record(200, 0), 5: decomposition_record(200, 1)}
+        ),
+        RunHistory(
+            "b" * 32, "ce", {0: decomposition_record(200, 2), 5: decomposition_record(200, 3)}
+        ),
+    ]
+    drawn = write_figures(runs, tmp_path / "many")
+    assert [p.name for p in drawn] == list(FIGURES)
+    for path in drawn:
+        pixels = assert_drawn(path.read_bytes(), 2 if path.name in PER_CLASS else 1)
+        assert all(has_colour(pixels, colour) for colour in RUN_COLOURS.values()), path.name
+    for run in runs:
+        for record in run.epochs.values():
+            del record["angle_histogram"]
+    drawn = write_figures(runs, tmp_path / "old", epochs=[-1])
+    assert "angle_distribution.png" not in {p.name for p in drawn}
+    assert_drawn((tmp_path / "old" / "cosine.png").read_bytes(), panels=1)
