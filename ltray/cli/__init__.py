@@ -1,5 +1,5 @@
 """The ``ltray`` command: one module per command group (prepare, train, tune, eval,
-report, submit/jobs/stop/logs, config, demo).
+analyze, report, submit/jobs/stop/logs, config, demo).
 
 Each subcommand validates its input at the edge and prints one clear ``error: ...`` line
 (exit 1) for anything the user can get wrong (:func:`ltray.cli.console.exit_on_error`).
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from ltray.cli import demo, evaluate, report, show_config, submit, train, tune
+from ltray.cli import analyze, demo, evaluate, report, show_config, submit, train, tune
 from ltray.cli.prepare import app as prepare_app
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(prepare_app, name="prepare", help="Write a data set as Parquet sha
 app.command()(train.train)
 app.command()(tune.tune)
 app.command(name="eval")(evaluate.eval_)
+app.command()(analyze.analyze)
 app.command()(report.report)
 app.command()(submit.submit)
 app.command()(submit.jobs)

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from ltray.analysis.analyze import RunHistory, log_run_figures, run_label
 from ltray.config import JobConfig
 from ltray.data import read_manifest
 from ltray.data.profiles import shot_groups
@@ -487,6 +488,7 @@ class Trainer:
             self.tracker.finish()
             return self.final
 
+        kept: dict[int, dict] = {}  # the first and the latest decomposition: the end figures
         for epoch in range(self.start_epoch, self.job.schedule.epochs):
             train_metrics = self.train_epoch(epoch)
             record, decomposition = self._epoch_record(epoch, train_metrics)
@@ -498,6 +500,7 @@ class Trainer:
                 self.tracker.fill_missing(self.history)
             if decomposition is not None:
                 self.tracker.log_json(f"decomposition/epoch_{epoch:04d}.json", decomposition)
+                kept = {**dict(list(kept.items())[:1]), epoch: decomposition}
             if self.rank == 0:
                 self.session.say(progress_line(record, self.eval_prefix))
 
@@ -506,6 +509,10 @@ class Trainer:
         # nothing more, a restart before it recomputes the same numbers and skips them
         model = self._predictor if self.job.tracking.log_model else None
         self.tracker.log_final(step, final, model, already_logged)
+        if self.rank == 0 and self.tracker.run_id is not None and kept:
+            label = run_label(self.run_name, self.job.loss.name, self.job.seed)
+            history = RunHistory(self.tracker.run_id, label, kept)
+            log_run_figures(self.tracker, history, self.session.say)
         self.session.report(final, self.state(self.job.schedule.epochs - 1, final))
         self.tracker.finish()
         return final

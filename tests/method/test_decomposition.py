@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from ltray.analysis.decomposition import DecompositionAccumulator, classifier_geometry
+from ltray.analysis.decomposition import (
+    DecompositionAccumulator,
+    classifier_geometry,
+    summarize_decomposition,
+)
 
 C, D = 6, 5
 
@@ -99,3 +103,45 @@ def test_classifier_geometry_of_a_simplex():
     expected = math.degrees(math.acos(-1 / (c - 1)))
     assert geo["angle_min"] == pytest.approx(expected, abs=1e-3)
     assert geo["angle_std"] == pytest.approx(0.0, abs=1e-2)
+
+
+def test_angle_histogram_counts_every_pair_once_in_its_degree():
+    c, d = 23, 7
+    weight = torch.randn(c, d, generator=torch.Generator().manual_seed(3))
+    geo = classifier_geometry(weight, block_rows=5)  # 23 = 4 blocks of 5 + 3
+    u = weight.double() / weight.double().norm(dim=1, keepdim=True)
+    i, j = torch.triu_indices(c, c, offset=1)
+    theta = torch.acos((u[i] * u[j]).sum(dim=1).clamp(-1, 1)).numpy()  # radians, float64
+    # float32: each unit row and the d-term dot product are off by a few eps in cos, and
+    # acos turns an error e in cos into e / sin(theta) radians; 8 d eps is a generous bound
+    eps = float(torch.finfo(torch.float32).eps)
+    slack = np.degrees(8 * d * eps / np.sin(theta) + 4 * eps * theta)
+    degrees = np.degrees(theta)
+    assert (np.floor(degrees - slack) == np.floor(degrees + slack)).all(), "pick another matrix"
+    expected = np.bincount(np.floor(degrees).astype(int), minlength=180)
+    np.testing.assert_array_equal(geo["angle_counts"], expected)
+    assert geo["angle_counts"].sum() == c * (c - 1) // 2
+    assert geo["angle_counts"].dtype == np.int64
+
+
+def test_angle_histogram_of_a_simplex_and_the_closed_last_bin():
+    c = 4  # every pair at arccos(-1/3) = 109.47 degrees
+    assert geo_counts(torch.eye(c) - 1.0 / c) == {109: 6}
+    opposite = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])  # 180, 90 and 90 degrees
+    assert geo_counts(opposite) == {179: 1, 90: 2}
+
+
+def geo_counts(weight):
+    counts = classifier_geometry(weight)["angle_counts"]
+    return {int(b): int(n) for b, n in enumerate(counts) if n}
+
+
+def test_summary_logs_the_histogram_with_its_edges():
+    features, labels, weight = data()
+    acc = DecompositionAccumulator(C)
+    acc.update(features, labels, weight)
+    summary = summarize_decomposition(acc, weight, [50, 40, 30, 20, 10, 5], ["many"] * C)
+    histogram = summary["angle_histogram"]
+    assert histogram["bin_edges_deg"] == [float(e) for e in range(181)]
+    assert sum(histogram["counts"]) == C * (C - 1) // 2
+    assert all(isinstance(n, int) for n in histogram["counts"])
