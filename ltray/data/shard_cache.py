@@ -13,15 +13,20 @@ Safety, shard by shard:
 - A fetch writes a temporary file in the folder, checks its size and sha256 against the
   manifest, and only then ``os.replace``-s it into place (atomic): a reader never sees half a
   shard, and a store copy that differs from the manifest is an error, never cached.
-- Each open checks the cached file's size, and its sha256 the first time this process uses
-  that file; a truncated or corrupt copy is deleted and fetched again, never read.
-- Each open touches the file (its mtime is its last use). Before a fetch, the least recently
-  used shards are deleted until the new one fits under ``max_bytes``. Eviction takes the
-  shard's lock without waiting and skips a shard another process is fetching or opening; a
-  shard already open stays readable after its deletion (POSIX keeps an unlinked file's data
-  while a descriptor is open), so eviction never breaks a reader. The limit holds for the
-  published files; a temporary file being written adds its one shard until it is published.
-  Lock files (empty) stay behind, one per shard ever cached.
+- Whoever verified a copy records its identity (device, inode, size, mtime) in the shard's
+  lock file. Each open checks the cached file's size, and hashes it again whenever its
+  identity differs from that record (a file rewritten, replaced or copied in by hand); a
+  truncated or corrupt copy is deleted and fetched again, never read. An unchanged file is not
+  hashed again: loader workers are new processes every epoch, and hashing each shard in each
+  of them would read the whole data set once per worker per epoch. A change that keeps size
+  and mtime (a bit flipped by the disk) is not caught by the cache.
+- Each open touches the lock file (its mtime is the shard's last use). Before a fetch, the
+  least recently used shards are deleted until the new one fits under ``max_bytes``. Eviction
+  takes the shard's lock without waiting and skips a shard another process is fetching or
+  opening; a shard already open stays readable after its deletion (POSIX keeps an unlinked
+  file's data while a descriptor is open), so eviction never breaks a reader. The limit holds
+  for the published files; a temporary file being written adds its one shard until it is
+  published. Lock files (a line each) stay behind, one per shard ever cached.
 
 Temporary files left by a process that died mid-fetch are deleted by the next eviction pass
 (their lock is free). POSIX only (``fcntl``), as ltray's nodes are.
@@ -48,9 +53,6 @@ from ltray.secrets import redact_url
 
 _CHUNK = 8 << 20
 _SUFFIX = ".parquet"
-# cached files whose sha256 this process has checked: (device, inode) of each; a refetched
-# file is a new inode (os.replace of a new temporary file), so it is checked again
-_VERIFIED: set[tuple[int, int]] = set()
 
 
 @dataclass(frozen=True)
@@ -83,35 +85,37 @@ class ShardCache:
         the check and the open."""
         os.makedirs(self.folder, exist_ok=True)
         target = self.path(info)
-        with _locked(self._lock_path(info.sha256), wait=True):
-            handle = self._open_verified(target, info)
+        lock = self._lock_path(info.sha256)
+        with _locked(lock, wait=True):
+            handle = self._open_verified(target, info, lock)
             if handle is None:
                 self._make_room(info.bytes, keep=target)
-                self._fetch(root, info, storage_options, target)
-                handle = self._open_verified(target, info)
+                self._fetch(root, info, storage_options, target, lock)
+                handle = self._open_verified(target, info, lock)
                 assert handle is not None, "a freshly verified shard failed its check"
-            os.utime(target)  # last use, for LRU eviction
+            os.utime(lock)  # last use, for LRU eviction
             return handle
 
     def _lock_path(self, sha256: str) -> Path:
         return Path(self.folder) / f"{sha256}.lock"
 
-    def _open_verified(self, target: Path, info: ShardInfo) -> BinaryIO | None:
+    def _open_verified(self, target: Path, info: ShardInfo, lock: Path) -> BinaryIO | None:
         """The cached file open for reading if it matches the manifest; None on a miss. A
-        wrong size, or a wrong sha256 on this process's first use, deletes it."""
+        wrong size, or a wrong sha256 when it is not the file last verified, deletes it."""
         try:
             handle = open(target, "rb")  # noqa: SIM115 - returned to the caller
         except FileNotFoundError:
             return None
-        stat = os.fstat(handle.fileno())
+        identity = _identity(os.fstat(handle.fileno()))
+        size = os.fstat(handle.fileno()).st_size
         problem = None
-        if stat.st_size != info.bytes:
-            problem = f"{stat.st_size} bytes, the manifest says {info.bytes}"
-        elif (stat.st_dev, stat.st_ino) not in _VERIFIED:
+        if size != info.bytes:
+            problem = f"{size} bytes, the manifest says {info.bytes}"
+        elif lock.read_text() != identity:
             if _sha256_of(handle) != info.sha256:
                 problem = "sha256 differs from the manifest"
             else:
-                _VERIFIED.add((stat.st_dev, stat.st_ino))
+                lock.write_text(identity)
                 handle.seek(0)
         if problem is None:
             return handle
@@ -123,7 +127,9 @@ class ShardCache:
         target.unlink(missing_ok=True)
         return None
 
-    def _fetch(self, root: str, info: ShardInfo, storage_options: StorageOptions, target: Path):
+    def _fetch(
+        self, root: str, info: ShardInfo, storage_options: StorageOptions, target: Path, lock: Path
+    ) -> None:
         """Download to a temporary file, verify size and sha256, publish atomically."""
         url = fs.join_url(root, info.path)
         tmp = target.with_name(f".{info.sha256}.tmp-{uuid.uuid4().hex[:8]}")
@@ -150,8 +156,7 @@ class ShardCache:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-        stat = target.stat()
-        _VERIFIED.add((stat.st_dev, stat.st_ino))
+        lock.write_text(_identity(target.stat()))
 
     def _make_room(self, incoming: int, keep: Path) -> None:
         """Delete least recently used shards (and dead temporary files) until ``incoming``
@@ -165,8 +170,8 @@ class ShardCache:
         cached = []
         for path in folder.glob(f"*{_SUFFIX}"):
             with contextlib.suppress(FileNotFoundError):
-                stat = path.stat()
-                cached.append((stat.st_mtime_ns, stat.st_size, path))
+                last_use = self._lock_path(path.name[: -len(_SUFFIX)]).stat().st_mtime_ns
+                cached.append((last_use, path.stat().st_size, path))
         total = sum(size for _, size, _ in cached)
         for _, size, path in sorted(cached):
             if total + incoming <= self.max_bytes:
@@ -193,6 +198,12 @@ def _locked(path: Path, wait: bool) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)  # releases the lock
+
+
+def _identity(stat: os.stat_result) -> str:
+    """What tells a verified cached file from another in its place (a rewrite changes mtime,
+    a replacement the inode)."""
+    return f"{stat.st_dev} {stat.st_ino} {stat.st_size} {stat.st_mtime_ns}"
 
 
 def _sha256_of(handle: BinaryIO) -> str:

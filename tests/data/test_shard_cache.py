@@ -12,7 +12,6 @@ from store_proxy import StoreProxy
 
 from ltray import fs
 from ltray.data import read_manifest
-from ltray.data import shard_cache as cache_module
 from ltray.data.shard_cache import ShardCache
 from ltray.errors import LtrayError
 
@@ -105,9 +104,7 @@ def test_two_processes_racing_for_a_shard_fetch_it_once(proxy, options, shards, 
     assert sorted(os.listdir(folder)) == [f"{info.sha256}.lock", f"{info.sha256}.parquet"]
 
 
-def test_truncated_or_corrupt_cached_file_is_fetched_again(
-    proxy, options, shards, tmp_path, monkeypatch
-):
+def test_truncated_or_corrupt_cached_file_is_fetched_again(proxy, options, shards, tmp_path):
     info = shards[0]
     cache = ShardCache(str(tmp_path / "cache"), 1 << 30)
     cache.open(ROOT, info, options).close()
@@ -122,9 +119,10 @@ def test_truncated_or_corrupt_cached_file_is_fetched_again(
     assert proxy.count("GET", info.path) - before == 1
 
     blob = bytearray(original)
-    blob[len(blob) // 2] ^= 0x01  # same size, one bit flipped
+    blob[len(blob) // 2] ^= 0x01  # same size, one bit flipped, written a second later
     cached.write_bytes(bytes(blob))
-    monkeypatch.setattr(cache_module, "_VERIFIED", set())  # as a process that never read it
+    mtime = cached.stat().st_mtime_ns + 1_000_000_000
+    os.utime(cached, ns=(mtime, mtime))  # (within one clock tick the mtime could stay)
     with pytest.warns(UserWarning, match="sha256 differs from the manifest; deleted"):
         with cache.open(ROOT, info, options) as handle:
             assert handle.read() == original
@@ -170,3 +168,23 @@ def test_a_shard_over_the_limit_and_a_local_data_set(options, shards, synth_ds, 
     with pytest.warns(UserWarning, match="data.cache is off: .* is on a local file system"):
         ds = StreamingImageDataset(synth_ds, "train", batch_size=8, cache=small)
     assert ds.cache is None
+
+
+def test_an_unchanged_copy_is_not_hashed_again(options, shards, tmp_path, monkeypatch):
+    """Loader workers are new processes each epoch: a copy verified once (by any process) and
+    unchanged since is trusted on its identity; a rewritten one is hashed again."""
+    from ltray.data import shard_cache
+
+    info = shards[0]
+    cache = ShardCache(str(tmp_path / "cache"), 1 << 30)
+    cache.open(ROOT, info, options).close()
+    hashed = []
+    real = shard_cache._sha256_of
+    monkeypatch.setattr(shard_cache, "_sha256_of", lambda h: hashed.append(1) or real(h))
+    ShardCache(cache.folder, 1 << 30).open(ROOT, info, options).close()
+    assert hashed == []
+    later = cache.path(info).stat().st_mtime_ns + 1_000_000_000
+    os.utime(cache.path(info), ns=(later, later))  # rewritten with the same bytes
+    ShardCache(cache.folder, 1 << 30).open(ROOT, info, options).close()
+    ShardCache(cache.folder, 1 << 30).open(ROOT, info, options).close()
+    assert hashed == [1]  # once, then its identity is the verified one again

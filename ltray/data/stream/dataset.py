@@ -81,6 +81,7 @@ class ShardReader:
         self._thread = threading.local()
         self._all_open: list[collections.OrderedDict[int, tuple[Any, pq.ParquetFile]]] = []
         self._lock = threading.Lock()
+        self._first_open: dict[int, threading.Lock] = {}  # one per shard
 
     def url(self, shard: int) -> str:
         return fs.join_url(self.root, self.shards[shard].path)
@@ -91,9 +92,14 @@ class ShardReader:
             return
         info = self.shards[shard]
         url = self.url(shard)
-        if not fs.exists(url, self.storage_options):
-            raise LtrayError(f"shard {info.path} is missing from {redact_url(self.root)}")
-        size = fs.file_size(url, self.storage_options)
+        try:
+            size = fs.file_size(url, self.storage_options)
+        except LtrayError:
+            if not fs.exists(url, self.storage_options):
+                raise LtrayError(
+                    f"shard {info.path} is missing from {redact_url(self.root)}"
+                ) from None
+            raise
         if size != info.bytes:
             raise LtrayError(
                 f"shard {info.path}: {size} bytes, the manifest says {info.bytes} "
@@ -116,34 +122,46 @@ class ShardReader:
 
     def _open_shard(self, shard: int) -> Any:
         """A file object of the shard, checked against the manifest."""
+        info = self.shards[shard]
         if self.cache is not None:  # the cache checks size and sha256 itself
-            return self.cache.open(self.root, self.shards[shard], self.storage_options)
+            return self.cache.open(self.root, info, self.storage_options)
         self.check(shard)
-        # whole row groups are read by exact ranges: fsspec's read-ahead buffer would fetch
-        # megabytes past each one, which a shuffled order never uses
-        remote = fs.local_path(self.url(shard), self.storage_options) is None
-        options = {"cache_type": "none"} if remote else {}
-        return fs.open_url(self.url(shard), "rb", self.storage_options, **options)
+        if fs.local_path(self.url(shard), self.storage_options) is not None:
+            return fs.open_url(self.url(shard), "rb", self.storage_options)
+        # one ranged request per read, none to open: each read-ahead thread opens its own
+        return fs.RangeFile(self.url(shard), info.bytes, self.storage_options)
+
+    def _open_parquet(self, shard: int, metadata: pq.FileMetaData | None) -> tuple:
+        handle = self._open_shard(shard)
+        try:
+            return handle, pq.ParquetFile(handle, metadata=metadata)
+        except (pa.ArrowException, OSError) as exc:
+            handle.close()
+            raise LtrayError(
+                f"shard {self.shards[shard].path}: not readable Parquet ({exc})"
+            ) from None
 
     def _parquet(self, shard: int) -> pq.ParquetFile:
         handles = self._handles()
         if shard in handles:
             handles.move_to_end(shard)
             return handles[shard][1]
-        handle = self._open_shard(shard)
-        try:
-            parquet = pq.ParquetFile(handle, metadata=self._metadata.get(shard))
-        except (pa.ArrowException, OSError) as exc:
-            handle.close()
-            raise LtrayError(
-                f"shard {self.shards[shard].path}: not readable Parquet ({exc})"
-            ) from None
-        self._metadata[shard] = parquet.metadata
-        handles[shard] = (handle, parquet)
+        metadata = self._metadata.get(shard)
+        if metadata is None:
+            # one thread checks a new shard and reads its footer; the others reuse both
+            with self._lock:
+                first_open = self._first_open.setdefault(shard, threading.Lock())
+            with first_open:
+                metadata = self._metadata.get(shard)
+                if metadata is None:
+                    handles[shard] = self._open_parquet(shard, None)
+                    self._metadata[shard] = handles[shard][1].metadata
+        if shard not in handles:
+            handles[shard] = self._open_parquet(shard, metadata)
         if len(handles) > _OPEN_SHARDS:
             old_handle, _ = handles.popitem(last=False)[1]
             old_handle.close()
-        return parquet
+        return handles[shard][1]
 
     def group_bytes(self, shard: int, group: int) -> int:
         """Expected bytes of one row group: its share of the shard's rows (the manifest keeps
