@@ -1,7 +1,7 @@
 """Images/s of the streaming reader from a slow object store, against the same reader on local
 files in the same run: no read-ahead, read-ahead, read-ahead + the node-local shard cache.
 
-    python bench/bench_remote.py                          # 20 and 50 ms per request, 200 MB/s
+    python bench/bench_remote.py                          # 0, 20 and 50 ms per request, 200 MB/s
     python bench/bench_remote.py --latency-ms 50 --bandwidth-mb 100 --read-ahead 8
 
 Prepares (once, under --cache) a synthetic set of --rows 64 px JPEGs in shards of 8 MB and
@@ -184,7 +184,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000, help="synthetic train rows")
     parser.add_argument("--row-group-rows", type=int, default=1024)
-    parser.add_argument("--latency-ms", type=str, default="20,50", help="comma-separated")
+    parser.add_argument("--latency-ms", type=str, default="0,20,50", help="comma-separated")
     parser.add_argument("--bandwidth-mb", type=float, default=200.0, help="MB/s, all responses")
     parser.add_argument("--read-ahead", type=int, default=4)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/ltray-bench"))
