@@ -5,8 +5,8 @@ in threads while the caller decodes the current one hides it. The results come b
 order of ``units`` whatever order the reads finish in, so the epoch order, exactly-once and
 resume guarantees of :mod:`ltray.data.stream.order` do not depend on it.
 
-Bounds: at most ``depth`` reads in flight beside the row group the caller holds, and no new
-read starts while the ones in flight add up to more than ``max_bytes`` (one always may, so a
+Bounds: at most ``depth`` row groups read or being read beside the one the caller holds, and
+no read is started that would take those past ``max_bytes`` (the next one always may, so a
 row group larger than the budget still passes). ``depth`` 0 reads in the caller's thread.
 Closing the generator early (a ``break`` in the training loop, an error) cancels the reads not
 yet started and waits for the running ones, so no thread outlives it.
