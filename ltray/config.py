@@ -45,6 +45,20 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class CacheConfig(Section):
+    """The node-local shard cache (ltray.data.shard_cache) of a data set on an object store."""
+
+    folder: str = Field(
+        description="local folder shared by the node's processes; a shard is kept there as "
+        "<sha256>.parquet, so several data sets can share it"
+    )
+    max_bytes: int = Field(
+        ge=1,
+        description="bytes of shards kept; beyond it the least recently used are deleted. "
+        "A shard larger than this is an error",
+    )
+
+
 class DataConfig(Section):
     url: str = Field(description="data set written by `ltray prepare`: a path or fsspec URL")
     image_size: int = Field(32, ge=8, le=1024, description="side of the square training crop")
@@ -65,6 +79,25 @@ class DataConfig(Section):
     )
     loader_workers: int = Field(2, ge=0, le=64, description="data-loader processes per rank")
     verify_sha256: bool = Field(False, description="hash every shard against the manifest")
+    read_ahead: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="row groups each loader process reads ahead of decoding, in threads, to hide "
+        "the latency of an object store; 0: read in the loader process itself",
+    )
+    read_ahead_bytes: int = Field(
+        256 << 20,
+        ge=1,
+        description="at most this many bytes of row groups read ahead per loader process "
+        "(estimated from the manifest's shard sizes)",
+    )
+    cache: CacheConfig | None = Field(
+        None,
+        description="node-local shard cache for a data set on an object store: the first epoch "
+        "fetches each shard once per node, later ones read it locally; null: off (and ignored "
+        "for local data sets)",
+    )
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options (credentials, endpoint); never logged"
     )

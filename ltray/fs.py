@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import uuid
 from collections.abc import Iterator, Mapping
@@ -112,6 +113,49 @@ def open_url(url: str, mode: str = "rb", storage_options: StorageOptions = None,
     fs, path = get_fs(url, storage_options)
     with fs_errors(url, storage_options):
         return fs.open(path, mode, **kwargs)
+
+
+class RangeFile(io.RawIOBase):
+    """A read-only file of known size whose every read is one ranged request (fsspec's
+    ``cat_file(start, end)``): opening it asks the store nothing, and instances are cheap, so
+    each reader thread can have its own. (An fsspec file asks the store for the object's
+    details on open, and buffers past each read.)"""
+
+    def __init__(self, url: str, size: int, storage_options: StorageOptions = None) -> None:
+        super().__init__()
+        self.url = url
+        self.size = size
+        self.storage_options = storage_options
+        self._fs, self._path = get_fs(url, storage_options)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self._pos + n)
+        if self._pos >= end:
+            return b""
+        with fs_errors(self.url, self.storage_options):
+            data = self._fs.cat_file(self._path, start=self._pos, end=end)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:

@@ -48,3 +48,24 @@ def test_errors_are_one_line_and_name_the_file(tmp_path):
         fs.read_bytes(str(tmp_path / "missing.bin"))
     with pytest.raises(LtrayError, match="zzz"):
         fs.get_fs("zzz://bucket/x")
+
+
+def test_range_file_reads_exact_ranges_and_serves_parquet():
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"x": list(range(1000)), "s": [str(i) for i in range(1000)]})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=100)
+    data = buffer.getvalue()
+    fs.write_bytes("memory://ltray-range/t.parquet", data)
+    ranged = fs.RangeFile("memory://ltray-range/t.parquet", len(data))
+    assert ranged.seek(-10, io.SEEK_END) == len(data) - 10
+    assert ranged.read(100) == data[-10:] and ranged.read() == b""
+    ranged.seek(5)
+    assert ranged.read(7) == data[5:12] and ranged.tell() == 12
+    assert pq.ParquetFile(ranged).read_row_group(3).equals(table.slice(300, 100))
+    with pytest.raises(LtrayError, match="memory://ltray-range/gone.parquet: not found"):
+        fs.RangeFile("memory://ltray-range/gone.parquet", 10).read(5)

@@ -71,11 +71,12 @@ def test_two_ranks_two_workers_read_every_row_once_per_epoch(synth_ds):
     assert again == per_epoch[1][0] + per_epoch[1][1]  # the same seed repeats it
 
 
-def test_loader_order_is_the_documented_pure_function(synth_ds):
+@pytest.mark.parametrize("read_ahead", [0, 1, 4])
+def test_loader_order_is_the_documented_pure_function(synth_ds, read_ahead):
     m = read_manifest(synth_ds)
     layout = [list(s.row_groups) for s in m.shards("train")]
     for workers in (0, 1, 3):
-        ds = _ds(synth_ds, rank=1, world_size=2, seed=3)
+        ds = _ds(synth_ds, rank=1, world_size=2, seed=3, read_ahead=read_ahead)
         got = [b["index"].tolist() for b in _read(ds, workers=workers, epoch=2)]
         want = epoch_batches(
             layout, num_workers=max(1, workers), seed=3, epoch=2, rank=1, world_size=2,
@@ -84,9 +85,10 @@ def test_loader_order_is_the_documented_pure_function(synth_ds):
         assert got == [w.tolist() for w in want]
 
 
+@pytest.mark.parametrize("read_ahead", [1, 4])
 @pytest.mark.parametrize("workers", [0, 2, 3])
-def test_resume_mid_epoch_replays_the_exact_tail(synth_ds, workers):
-    ds = _ds(synth_ds, seed=11)
+def test_resume_mid_epoch_replays_the_exact_tail(synth_ds, workers, read_ahead):
+    ds = _ds(synth_ds, seed=11, read_ahead=read_ahead)
     full = _read(ds, workers, epoch=4)
     total = ds.num_batches(workers)
     assert len(full) == total

@@ -3,10 +3,12 @@
 ``StreamingImageDataset`` is a torch IterableDataset that yields batches itself, so that the
 order of batches a rank sees is the pure function of :mod:`ltray.data.stream.order`. Each worker
 reads only the row groups of its own rows, shard by shard through fsspec + pyarrow, one row
-group ahead of decoding, checks each shard's size against the manifest (and its sha256 when
-asked), decodes JPEG/PNG with torchvision.io and applies the transform with a generator seeded
-from (seed, epoch, rank, global batch index). It never loads a whole split into memory: a
-worker holds at most its shuffle buffer plus two row groups.
+groups ahead of decoding (``read_ahead`` in flight, :mod:`ltray.data.stream.read_ahead`),
+checks each shard's size against the manifest (and its sha256 when asked), decodes JPEG/PNG
+with torchvision.io and applies the transform with a generator seeded from (seed, epoch, rank,
+global batch index). It never loads a whole split into memory: a worker holds at most its
+shuffle buffer plus ``read_ahead + 1`` row groups. With a ``cache``
+(:mod:`ltray.data.shard_cache`) shards from an object store are read from node-local copies.
 
 With a ``sampler`` other than ``plain`` (:mod:`ltray.data.stream.samplers`) the dataset reads
 the ``label`` column of every shard once, when it is built, and each epoch emits rows as often
@@ -16,8 +18,9 @@ as the sampler draws them, through the same streaming order.
 from __future__ import annotations
 
 import collections
+import threading
+import warnings
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +33,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ltray import fs
 from ltray.data.decode import decode_rgb
 from ltray.data.manifest import Manifest, ShardInfo, read_manifest
+from ltray.data.shard_cache import ShardCache
 from ltray.data.stream import order, partition, samplers
+from ltray.data.stream.read_ahead import read_ahead
 from ltray.data.stream.transforms import Transform
 from ltray.errors import LtrayError
 from ltray.fs import StorageOptions
@@ -51,7 +56,12 @@ def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
 
 
 class ShardReader:
-    """Reads row groups of one split's shards, checking each shard against the manifest once."""
+    """Reads row groups of one split's shards, checking each shard against the manifest once.
+
+    Safe to call from several threads (read-ahead): each thread keeps its own open handles,
+    as an fsspec file is a position plus a buffer. With a ``cache`` (:mod:`ltray.data.
+    shard_cache`) shards are read from their verified node-local copies, and the store is
+    asked only for shards missing there."""
 
     def __init__(
         self,
@@ -59,16 +69,19 @@ class ShardReader:
         shards: list[ShardInfo],
         storage_options: StorageOptions,
         verify_sha256: bool,
+        cache: ShardCache | None = None,
     ) -> None:
         self.root = root
         self.shards = shards
         self.storage_options = dict(storage_options or {})
         self.verify_sha256 = verify_sha256
+        self.cache = cache
         self._checked: set[int] = set()
         self._metadata: dict[int, pq.FileMetaData] = {}
-        self._open: collections.OrderedDict[int, tuple[Any, pq.ParquetFile]] = (
-            collections.OrderedDict()
-        )
+        self._thread = threading.local()
+        self._all_open: list[collections.OrderedDict[int, tuple[Any, pq.ParquetFile]]] = []
+        self._lock = threading.Lock()
+        self._first_open: dict[int, threading.Lock] = {}  # one per shard
 
     def url(self, shard: int) -> str:
         return fs.join_url(self.root, self.shards[shard].path)
@@ -79,9 +92,14 @@ class ShardReader:
             return
         info = self.shards[shard]
         url = self.url(shard)
-        if not fs.exists(url, self.storage_options):
-            raise LtrayError(f"shard {info.path} is missing from {redact_url(self.root)}")
-        size = fs.file_size(url, self.storage_options)
+        try:
+            size = fs.file_size(url, self.storage_options)
+        except LtrayError:
+            if not fs.exists(url, self.storage_options):
+                raise LtrayError(
+                    f"shard {info.path} is missing from {redact_url(self.root)}"
+                ) from None
+            raise
         if size != info.bytes:
             raise LtrayError(
                 f"shard {info.path}: {size} bytes, the manifest says {info.bytes} "
@@ -93,25 +111,63 @@ class ShardReader:
             )
         self._checked.add(shard)
 
-    def _parquet(self, shard: int) -> pq.ParquetFile:
-        if shard in self._open:
-            self._open.move_to_end(shard)
-            return self._open[shard][1]
+    def _handles(self) -> collections.OrderedDict[int, tuple[Any, pq.ParquetFile]]:
+        """This thread's open shards, most recently used last."""
+        handles = getattr(self._thread, "open", None)
+        if handles is None:
+            handles = self._thread.open = collections.OrderedDict()
+            with self._lock:
+                self._all_open.append(handles)
+        return handles
+
+    def _open_shard(self, shard: int) -> Any:
+        """A file object of the shard, checked against the manifest."""
+        info = self.shards[shard]
+        if self.cache is not None:  # the cache checks size and sha256 itself
+            return self.cache.open(self.root, info, self.storage_options)
         self.check(shard)
-        handle = fs.open_url(self.url(shard), "rb", self.storage_options)
+        if fs.local_path(self.url(shard), self.storage_options) is not None:
+            return fs.open_url(self.url(shard), "rb", self.storage_options)
+        # one ranged request per read, none to open: each read-ahead thread opens its own
+        return fs.RangeFile(self.url(shard), info.bytes, self.storage_options)
+
+    def _open_parquet(self, shard: int, metadata: pq.FileMetaData | None) -> tuple:
+        handle = self._open_shard(shard)
         try:
-            parquet = pq.ParquetFile(handle, metadata=self._metadata.get(shard))
+            return handle, pq.ParquetFile(handle, metadata=metadata)
         except (pa.ArrowException, OSError) as exc:
             handle.close()
             raise LtrayError(
                 f"shard {self.shards[shard].path}: not readable Parquet ({exc})"
             ) from None
-        self._metadata[shard] = parquet.metadata
-        self._open[shard] = (handle, parquet)
-        if len(self._open) > _OPEN_SHARDS:
-            old_handle, _ = self._open.popitem(last=False)[1]
+
+    def _parquet(self, shard: int) -> pq.ParquetFile:
+        handles = self._handles()
+        if shard in handles:
+            handles.move_to_end(shard)
+            return handles[shard][1]
+        metadata = self._metadata.get(shard)
+        if metadata is None:
+            # one thread checks a new shard and reads its footer; the others reuse both
+            with self._lock:
+                first_open = self._first_open.setdefault(shard, threading.Lock())
+            with first_open:
+                metadata = self._metadata.get(shard)
+                if metadata is None:
+                    handles[shard] = self._open_parquet(shard, None)
+                    self._metadata[shard] = handles[shard][1].metadata
+        if shard not in handles:
+            handles[shard] = self._open_parquet(shard, metadata)
+        if len(handles) > _OPEN_SHARDS:
+            old_handle, _ = handles.popitem(last=False)[1]
             old_handle.close()
-        return parquet
+        return handles[shard][1]
+
+    def group_bytes(self, shard: int, group: int) -> int:
+        """Expected bytes of one row group: its share of the shard's rows (the manifest keeps
+        rows per row group, not bytes)."""
+        info = self.shards[shard]
+        return info.bytes * info.row_groups[group] // max(1, info.rows)
 
     def read_group(self, shard: int, group: int) -> tuple[list[bytes], list[int], list[str]]:
         """(images, labels, ids) of one row group."""
@@ -150,9 +206,12 @@ class ShardReader:
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
     def close(self) -> None:
-        for handle, _ in self._open.values():
-            handle.close()
-        self._open.clear()
+        """Close every thread's handles (once no read is running)."""
+        with self._lock:
+            for handles in self._all_open:
+                for handle, _ in handles.values():
+                    handle.close()
+                handles.clear()
 
 
 @dataclass(frozen=True)
@@ -171,13 +230,14 @@ def _split_labels(
     shards: list[ShardInfo],
     storage_options: StorageOptions,
     verify_sha256: bool,
+    cache: ShardCache | None,
 ) -> np.ndarray:
     """The label of every row of a split (read-only), read once and kept for a few splits."""
     key = (url, split, tuple((s.path, s.bytes, s.sha256) for s in shards))
     if key in _LABELS:
         _LABELS.move_to_end(key)
         return _LABELS[key]
-    reader = ShardReader(url, shards, storage_options, verify_sha256)
+    reader = ShardReader(url, shards, storage_options, verify_sha256, cache)
     try:
         labels = reader.read_labels()
     finally:
@@ -221,20 +281,6 @@ def _ready_after(batches: list[np.ndarray], reads: list[_UnitRead]) -> np.ndarra
     return out
 
 
-def _read_ahead(reader: ShardReader, units: list[tuple[int, int]]) -> Iterator[tuple]:
-    """Read row groups in order, the next one in a thread while the caller decodes this one."""
-    if not units:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ltray-read") as pool:
-        pending: collections.deque[Future] = collections.deque()
-        for unit in units:
-            pending.append(pool.submit(reader.read_group, *unit))
-            if len(pending) > 1:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 class StreamingImageDataset(IterableDataset):
     """Batches of one split of a prepared data set, in the order of :mod:`ltray.data.stream.order`.
 
@@ -246,6 +292,11 @@ class StreamingImageDataset(IterableDataset):
     The rank's batch count may differ from another rank's by one (row stretches differ by at
     most one row); ``drop_last=True`` gives every rank the same number of full batches, and
     ``equal_ranks=True`` (training) the same floor(N / W) rows (see :mod:`partition`).
+
+    ``read_ahead`` row groups (and at most ``read_ahead_bytes`` of them, by the manifest's
+    sizes) are read in threads while the current one decodes; 0 reads in the worker's own
+    thread. ``cache`` keeps the shards of a remote data set on this node; for a local one it
+    is pointless and is turned off, with one warning.
     """
 
     def __init__(
@@ -267,6 +318,9 @@ class StreamingImageDataset(IterableDataset):
         decode: bool = True,
         manifest: Manifest | None = None,
         sampler: str = "plain",
+        read_ahead: int = 4,
+        read_ahead_bytes: int = 256 << 20,
+        cache: ShardCache | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -275,6 +329,11 @@ class StreamingImageDataset(IterableDataset):
             raise LtrayError(f"rank {rank} is not in [0, world_size={world_size})")
         if shuffle_buffer < 1:
             raise LtrayError(f"shuffle_buffer must be at least 1, got {shuffle_buffer}")
+        if read_ahead < 0 or read_ahead_bytes < 1:
+            raise LtrayError(
+                f"read_ahead must be >= 0 and read_ahead_bytes >= 1, got {read_ahead}, "
+                f"{read_ahead_bytes}"
+            )
         self.url = str(url)
         self.split = split
         self.storage_options = dict(storage_options or {})
@@ -296,6 +355,16 @@ class StreamingImageDataset(IterableDataset):
         self.drop_last = drop_last
         self.equal_ranks = equal_ranks
         self.decode = decode
+        self.read_ahead = read_ahead
+        self.read_ahead_bytes = read_ahead_bytes
+        if cache is not None and fs.local_path(self.url, self.storage_options) is not None:
+            warnings.warn(
+                f"data.cache is off: {self.url} is on a local file system already", stacklevel=2
+            )
+            cache = None
+        if cache is not None:
+            cache.check_fits(self.shards)
+        self.cache = cache
         self.epoch = 0
         self.start_batch = 0
         samplers.SAMPLERS.get(sampler)  # an unknown name fails here, listing the valid ones
@@ -306,7 +375,7 @@ class StreamingImageDataset(IterableDataset):
 
     def _read_labels(self) -> np.ndarray:
         labels = _split_labels(
-            self.url, self.split, self.shards, self.storage_options, self.verify_sha256
+            self.url, self.split, self.shards, self.storage_options, self.verify_sha256, self.cache
         )
         num_classes = self.manifest.num_classes
         bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
@@ -369,7 +438,9 @@ class StreamingImageDataset(IterableDataset):
         info = get_worker_info()
         num_workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         plan = self.plan(num_workers, worker)
-        reader = ShardReader(self.url, self.shards, self.storage_options, self.verify_sha256)
+        reader = ShardReader(
+            self.url, self.shards, self.storage_options, self.verify_sha256, self.cache
+        )
         try:
             yield from self._batches(plan, reader)
         finally:
@@ -399,15 +470,22 @@ class StreamingImageDataset(IterableDataset):
         ready_after = _ready_after(batches, reads)
         held = _Held(np.concatenate(batches), repeats=self.sampler != "plain")
         next_batch = 0
-        groups = [(r.shard, r.group) for r in reads]
-        for k, (read, (images, labels, ids)) in enumerate(
-            zip(reads, _read_ahead(reader, groups), strict=True)
-        ):
-            for i, row in zip(read.local.tolist(), read.rows.tolist(), strict=True):
-                held[row] = (images[i], labels[i], ids[i], read.shard)
-            while next_batch < len(batches) and ready_after[next_batch] <= k:
-                yield self._collate(batches[next_batch], batch_ids[next_batch], held)
-                next_batch += 1
+        groups = read_ahead(
+            lambda read: reader.read_group(read.shard, read.group),
+            reads,
+            [reader.group_bytes(r.shard, r.group) for r in reads],
+            self.read_ahead,
+            self.read_ahead_bytes,
+        )
+        try:
+            for k, (read, (images, labels, ids)) in enumerate(zip(reads, groups, strict=True)):
+                for i, row in zip(read.local.tolist(), read.rows.tolist(), strict=True):
+                    held[row] = (images[i], labels[i], ids[i], read.shard)
+                while next_batch < len(batches) and ready_after[next_batch] <= k:
+                    yield self._collate(batches[next_batch], batch_ids[next_batch], held)
+                    next_batch += 1
+        finally:
+            groups.close()  # stops the reads in flight now, also when the consumer stopped early
         assert next_batch == len(batches), "a planned batch was never completed"
 
     def _collate(self, rows: np.ndarray, batch_id: int, held: _Held) -> dict[str, Any]:
