@@ -36,7 +36,7 @@ from ltray.analysis.confusion import confusion_matrix, plot_confusion, shown_con
 from ltray.config import JobConfig
 from ltray.data import Manifest, read_manifest
 from ltray.data.profiles import GROUPS, shot_groups
-from ltray.data.stream import StreamingImageDataset, make_loader
+from ltray.data.stream import StreamingImageDataset, make_loader, reading_options
 from ltray.data.stream.transforms import build_transform
 from ltray.errors import LtrayError
 from ltray.losses import build_loss, head_for
@@ -340,6 +340,7 @@ class Evaluator:
             verify_sha256=data.verify_sha256,
             manifest=self.manifest,
             sampler="plain",
+            **reading_options(data),
         )
         dataset.set_epoch(0)
         return make_loader(dataset, num_workers=data.loader_workers)

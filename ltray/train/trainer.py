@@ -32,8 +32,7 @@ from ltray.analysis.analyze import RunHistory, log_run_figures, run_label
 from ltray.config import JobConfig
 from ltray.data import read_manifest
 from ltray.data.profiles import shot_groups
-from ltray.data.shard_cache import ShardCache
-from ltray.data.stream import StreamingImageDataset, make_loader
+from ltray.data.stream import StreamingImageDataset, make_loader, reading_options
 from ltray.data.stream.transforms import build_transform
 from ltray.errors import LtrayError
 from ltray.losses import build_loss, head_for
@@ -192,9 +191,7 @@ class Trainer:
             verify_sha256=data.verify_sha256,
             manifest=self.manifest,
             sampler=sampler or (data.sampler if train else "plain"),
-            read_ahead=data.read_ahead,
-            read_ahead_bytes=data.read_ahead_bytes,
-            cache=ShardCache(data.cache.folder, data.cache.max_bytes) if data.cache else None,
+            **reading_options(data),
         )
 
     # --- checkpoints -------------------------------------------------------------------------

@@ -31,12 +31,9 @@ def train_like(trained, *sets: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def report(trained, tmp_path_factory):
+def report(trained, trained_dr, tmp_path_factory):
     """CE seeds 0 and 1, dr seed 0; the report over them: its folder, stdout and the runs."""
-    runs = {
-        "ce": [trained.run_id, train_like(trained, "seed=1")],
-        "dr": [train_like(trained, "loss.name=dr")],
-    }
+    runs = {"ce": [trained.run_id, train_like(trained, "seed=1")], "dr": [trained_dr.run_id]}
     out = tmp_path_factory.mktemp("report")
     targets = [*runs["ce"], *runs["dr"]]
     stdout = run_cli(

@@ -1,7 +1,7 @@
 """Streaming a prepared data set: partition and order (pure functions of seed, epoch, rank,
 world size, loader workers and batch size), augmentation, and the IterableDataset."""
 
-from ltray.data.stream.dataset import StreamingImageDataset, make_loader
+from ltray.data.stream.dataset import StreamingImageDataset, make_loader, reading_options
 from ltray.data.stream.order import epoch_batches, plan_worker
 from ltray.data.stream.transforms import AUGMENTS, build_transform
 
@@ -11,5 +11,6 @@ __all__ = [
     "build_transform",
     "epoch_batches",
     "make_loader",
+    "reading_options",
     "plan_worker",
 ]

@@ -281,6 +281,18 @@ def _ready_after(batches: list[np.ndarray], reads: list[_UnitRead]) -> np.ndarra
     return out
 
 
+def reading_options(data: Any) -> dict[str, Any]:
+    """How a job's ``data`` section (:class:`ltray.config.DataConfig`) reads shards: the
+    read-ahead bounds and the node-local cache, as :class:`StreamingImageDataset` takes them
+    (training and ``ltray eval`` alike)."""
+    cache = data.cache
+    return {
+        "read_ahead": data.read_ahead,
+        "read_ahead_bytes": data.read_ahead_bytes,
+        "cache": ShardCache(cache.folder, cache.max_bytes) if cache else None,
+    }
+
+
 class StreamingImageDataset(IterableDataset):
     """Batches of one split of a prepared data set, in the order of :mod:`ltray.data.stream.order`.
 
