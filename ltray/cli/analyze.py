@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ltray.cli.console import Verbose, exit_on_error, quiet_unless
+from ltray.cli.console import TrackingUri, Verbose, exit_on_error, quiet_unless
 
 
 def analyze(
@@ -29,14 +29,7 @@ def analyze(
         Path | None,
         typer.Option("--out", help="folder for the figures (default: ./ltray-analysis/NAMES)"),
     ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(
-            "--tracking-uri",
-            help="the MLflow store holding the runs (default: $MLFLOW_TRACKING_URI, else "
-            "sqlite:///mlflow.db)",
-        ),
-    ] = None,
+    tracking_uri: TrackingUri = None,
     log: Annotated[
         bool,
         typer.Option(

@@ -19,6 +19,14 @@ Overrides = Annotated[
     list[str] | None,
     typer.Option("--set", help="override a key: --set loss.margin=0.3 (repeatable)"),
 ]
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="the MLflow store holding the runs (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db)",
+    ),
+]
 Verbose = Annotated[
     bool,
     typer.Option(

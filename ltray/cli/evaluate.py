@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ltray.cli.console import Overrides, Verbose, exit_on_error, quiet_unless
+from ltray.cli.console import Overrides, TrackingUri, Verbose, exit_on_error, quiet_unless
 
 
 def eval_(
@@ -34,14 +34,7 @@ def eval_(
             help="also evaluate with tau-normalised classifier rows, tau chosen on the val split",
         ),
     ] = False,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(
-            "--tracking-uri",
-            help="the MLflow store holding the run (default: $MLFLOW_TRACKING_URI, else "
-            "sqlite:///mlflow.db)",
-        ),
-    ] = None,
+    tracking_uri: TrackingUri = None,
     log_to: Annotated[
         str | None,
         typer.Option(

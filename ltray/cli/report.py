@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ltray.cli.console import Verbose, exit_on_error, quiet_unless
+from ltray.cli.console import TrackingUri, Verbose, exit_on_error, quiet_unless
 
 
 def report(
@@ -22,14 +22,7 @@ def report(
             "trial, chosen on val)",
         ),
     ],
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(
-            "--tracking-uri",
-            help="the MLflow store holding the runs (default: $MLFLOW_TRACKING_URI, else "
-            "sqlite:///mlflow.db)",
-        ),
-    ] = None,
+    tracking_uri: TrackingUri = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="folder for report.html, report.md and figures/"),

@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from data_support import error_line
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -30,11 +31,7 @@ def analyze(*args: str):
 
 
 def one_error(*args: str) -> str:
-    result = analyze(*args)
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
+    return error_line(analyze(*args))
 
 
 def panel_size(panels: int) -> tuple[int, int]:

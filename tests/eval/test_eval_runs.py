@@ -13,6 +13,7 @@ import mlflow
 import pytest
 import torch
 import yaml
+from data_support import error_line
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -35,11 +36,7 @@ def ok(*args: str) -> str:
 
 
 def one_error(*args: str) -> str:
-    result = ltray_eval(*args)
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
+    return error_line(ltray_eval(*args))
 
 
 def assert_training_numbers(metrics: dict[str, float], final: dict[str, float]) -> None:
