@@ -368,7 +368,7 @@ def tracking_uri_or_default(uri: str | None) -> str:
 
 
 @contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
+def no_progress_bars() -> Iterator[None]:
     """MLflow draws artifact downloads as progress bars on stderr: the console is the user's."""
     key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
     before = os.environ.get(key)
@@ -431,7 +431,7 @@ class RecordedRun:
         from mlflow.exceptions import MlflowException
 
         try:
-            with _no_progress_bars():
+            with no_progress_bars():
                 info = self.mlflow.models.get_model_info(f"runs:/{self.run_id}/{MODEL_ARTIFACT}")
         except (MlflowException, OSError):
             return None
@@ -444,7 +444,7 @@ class RecordedRun:
 
         self.mlflow.set_tracking_uri(self.uri)
         try:
-            with _no_progress_bars():
+            with no_progress_bars():
                 module = self.mlflow.pytorch.load_model(f"runs:/{self.run_id}/{MODEL_ARTIFACT}")
         except (MlflowException, OSError) as exc:
             line = redact_url(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""

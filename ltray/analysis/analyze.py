@@ -51,13 +51,13 @@ def run_label(run_name: str, loss: str | None, seed: str | int | None) -> str:
 def load_history(tracking_uri: str, run_id: str, label: str | None = None) -> RunHistory:
     """The decomposition records run ``run_id`` logged to ``tracking_uri``; ``label`` names it
     in figures (default: :func:`run_label` from its params)."""
-    from ltray.tracking import RecordedRun, _no_progress_bars
+    from ltray.tracking import RecordedRun, no_progress_bars
 
     run = RecordedRun(tracking_uri, run_id)
     epochs: dict[int, dict] = {}
     files = run.client.list_artifacts(run.run_id, DECOMPOSITION_FOLDER)
     if files:
-        with tempfile.TemporaryDirectory() as folder, _no_progress_bars():
+        with tempfile.TemporaryDirectory() as folder, no_progress_bars():
             local = Path(run.client.download_artifacts(run.run_id, DECOMPOSITION_FOLDER, folder))
             for path in local.glob("epoch_*.json"):
                 epochs[int(path.stem.removeprefix("epoch_"))] = json.loads(path.read_text())
