@@ -230,7 +230,19 @@ class MlflowTracker:
             return
         dataset = MetaDataset(source=source, name=name, digest=digest[:36] or None)
         tags = [InputTag(key="mlflow.data.context", value=context)]
-        self.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), tags)])
+        inputs = [DatasetInput(dataset._to_mlflow_entity(), tags)]
+        # MLflow looks for the experiment's row of this data set, then inserts it: two runs
+        # logging it at once (a sweep's trials) collide on its key, and one gets an integrity
+        # error; a second try finds the row the other wrote.
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, inputs)
+                return
+            except Exception as exc:
+                said = f"{type(exc).__name__} {exc}".lower()
+                if attempt == 2 or not any(w in said for w in ("integrity", "unique", "duplicate")):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():

@@ -147,3 +147,46 @@ def test_final_metrics_and_model_are_logged_once_by_any_attempt(tmp_path):
     run = again.client.get_run(again.run_id)
     assert run.data.tags["ltray.final_logged"] == "model"
     assert {a.path for a in again.client.list_artifacts(again.run_id)} >= {"final_metrics.json"}
+
+
+def test_a_data_set_logged_by_two_runs_at_once_is_logged_after_the_collision(tmp_path):
+    """MLflow checks for the experiment's row of a data set, then inserts it: a sweep's trials
+    logging the same data set at once collide on its key (an integrity error for the later
+    one), which a second try resolves; any other error is not retried."""
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", "exp")
+    tracker.start("job-abc", {}, {})
+    calls, log_inputs = [], tracker.client.log_inputs
+
+    def collide_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            cause = Exception("UNIQUE constraint failed: datasets.experiment_id, datasets.name")
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO datasets ...", {}, cause)
+        return log_inputs(*args, **kwargs)
+
+    tracker.client.log_inputs = collide_once
+    tracker.log_dataset(str(tmp_path), "tiny", "f" * 64)
+    (logged,) = tracker.client.get_run(tracker.run_id).inputs.dataset_inputs
+    assert len(calls) == 2 and logged.dataset.name == "tiny"
+
+    other = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", "exp")
+    other.start("job-def", {}, {})
+    other.client.log_inputs = lambda *a, **k: (_ for _ in ()).throw(MlflowException("boom"))
+    with pytest.raises(MlflowException, match="boom"):
+        other.log_dataset(str(tmp_path), "tiny", "f" * 64)
+
+
+def test_a_database_error_is_told_by_its_first_line():
+    import sqlalchemy.exc
+
+    from ltray.train.launcher import _root_cause
+
+    cause = Exception("UNIQUE constraint failed: datasets.experiment_id")
+    error = sqlalchemy.exc.IntegrityError("INSERT INTO datasets (a) VALUES (?)", {"a": 1}, cause)
+    wrapped = RuntimeError("the worker failed")
+    wrapped.__cause__ = error
+    assert _root_cause(wrapped) == f"(builtins.Exception) {cause}"
+    assert _root_cause(ValueError("Traceback...\n  File x\nValueError: bad")) == "ValueError: bad"

@@ -343,8 +343,12 @@ def run_on_ray(
 
 
 def _root_cause(exc: BaseException) -> str:
-    """The innermost error's message, first line: what the user needs to read."""
+    """The innermost error's message, its last line (a worker's error arrives as its
+    traceback); for a database error, its first (SQLAlchemy follows the message with the
+    statement, its parameters and a link): what the user needs to read."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
     text = str(exc).strip().splitlines()
+    if any(line.startswith("[SQL: ") for line in text):
+        return text[0]
     return text[-1] if text else type(exc).__name__
