@@ -21,9 +21,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ltray.errors import LtrayError
+
+if TYPE_CHECKING:
+    from ltray.tracking import RecordedRun
 
 DECOMPOSITION_FOLDER = "decomposition"  # the artifact folder training logs epoch_NNNN.json to
 ANALYSIS_FOLDER = "analysis"  # the artifact folder the figures go to
@@ -51,9 +54,15 @@ def run_label(run_name: str, loss: str | None, seed: str | int | None) -> str:
 def load_history(tracking_uri: str, run_id: str, label: str | None = None) -> RunHistory:
     """The decomposition records run ``run_id`` logged to ``tracking_uri``; ``label`` names it
     in figures (default: :func:`run_label` from its params)."""
-    from ltray.tracking import RecordedRun, no_progress_bars
+    from ltray.tracking import RecordedRun
 
-    run = RecordedRun(tracking_uri, run_id)
+    return history_of(RecordedRun(tracking_uri, run_id), label)
+
+
+def history_of(run: RecordedRun, label: str | None = None) -> RunHistory:
+    """:func:`load_history` of a run already opened."""
+    from ltray.tracking import no_progress_bars
+
     epochs: dict[int, dict] = {}
     files = run.client.list_artifacts(run.run_id, DECOMPOSITION_FOLDER)
     if files:

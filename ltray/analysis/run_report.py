@@ -32,8 +32,12 @@ from ltray.tracking import (
 )
 
 COLUMNS = ("all", "many", "medium", "few")
-METRIC_OF = {"all": "test/acc", "many": "test/acc_many", "medium": "test/acc_medium"}
-METRIC_OF["few"] = "test/acc_few"
+METRIC_OF = {
+    "all": "test/acc",
+    "many": "test/acc_many",
+    "medium": "test/acc_medium",
+    "few": "test/acc_few",
+}
 # params that say where a run kept its files or which seed it drew, not what method it is
 NOT_THE_METHOD = ("seed", "name", "run_name", "world_size", "data.url", "data.loader_workers")
 NOT_THE_METHOD_PREFIXES = ("tracking.", "storage.", "data.storage_options")
@@ -151,12 +155,12 @@ class _Finder:
         if _RUN_ID.fullmatch(target):
             found = self._search(f"attributes.run_id = '{target}'")
             if found:
-                return self._expand(found[0], target)
+                return self._expand(found[0])
         experiment = self.client.get_experiment_by_name(target)
         if experiment is not None:
             top = self._search("", [experiment.experiment_id])
             runs = [r for r in top if PARENT_TAG not in r.data.tags]
-            return [chosen for run in runs for chosen in self._expand(run, target, quiet=True)]
+            return [chosen for run in runs for chosen in self._expand(run, quiet=True)]
         found = self._search(f"tags.`{RUN_NAME_TAG}` = '{target}'") or self._search(
             f"attributes.run_name = '{target}'"
         )
@@ -164,7 +168,7 @@ class _Finder:
             ids = ", ".join(r.info.run_id for r in found)
             raise LtrayError(f"{target!r} names {len(found)} MLflow runs ({ids}): give a run id")
         if found:
-            return self._expand(found[0], target)
+            return self._expand(found[0])
         raise LtrayError(
             f"{target!r} is no MLflow run id, run name, sweep or experiment in {self.shown}"
         )
@@ -179,15 +183,17 @@ class _Finder:
         )
         return list(found)
 
-    def _expand(self, run: Any, target: str, quiet: bool = False) -> list[ReportRun]:
-        """A training run as itself; a sweep's parent as its best trial."""
+    def _expand(self, run: Any, quiet: bool = False) -> list[ReportRun]:
+        """A training run as itself; a sweep's parent as its best trial. ``quiet``: a run that
+        has not finished is left out with a note (an experiment's), not an error (a named
+        run)."""
         tags = run.data.tags
         if tags.get(SWEEP_KIND_TAG) == "sweep":
             return self._best_trial(run)
         if run.info.status != "FINISHED" or "test/acc" not in run.data.metrics:
             why = run.info.status.lower() if run.info.status != "FINISHED" else "no test metrics"
-            self.notes.append(f"{_name(run)} left out: {why}")
             if quiet:
+                self.notes.append(f"{_name(run)} left out: {why}")
                 return []
             raise LtrayError(
                 f"MLflow run {run.info.run_id} ({_name(run)}) has not finished training ({why}): "

@@ -41,7 +41,7 @@ def analyze(
     """Draw what training logged each epoch: classifier norm, feature norm and cosine per
     class against its training count, the angles between classifier rows, per-class
     accuracy."""
-    from ltray.analysis.analyze import ANALYSIS_FOLDER, load_history, write_analysis
+    from ltray.analysis.analyze import ANALYSIS_FOLDER, history_of, write_analysis
     from ltray.tracking import RecordedRun, tracking_uri_or_default
 
     uri = tracking_uri_or_default(tracking_uri)
@@ -49,8 +49,8 @@ def analyze(
         chosen = _parse_epochs(epochs)
         with quiet_unless(verbose):
             run_ids = list(dict.fromkeys(runs))  # each run once, in the order given
-            histories = [load_history(uri, run_id) for run_id in run_ids]
-            recorded = [RecordedRun(uri, history.run_id) for history in histories]
+            recorded = [RecordedRun(uri, run_id) for run_id in run_ids]
+            histories = [history_of(run) for run in recorded]
             names = "+".join(run.run_name for run in recorded)
             folder = out or Path.cwd() / "ltray-analysis" / names
             files = write_analysis(histories, folder, chosen)

@@ -501,7 +501,8 @@ class Trainer:
                 self.tracker.fill_missing(self.history)
             if decomposition is not None:
                 self.tracker.log_json(f"decomposition/epoch_{epoch:04d}.json", decomposition)
-                kept = {**dict(list(kept.items())[:1]), epoch: decomposition}
+                first = next(iter(kept.items()), (epoch, decomposition))
+                kept = dict([first, (epoch, decomposition)])
             if self.rank == 0:
                 self.session.say(progress_line(record, self.eval_prefix))
 
