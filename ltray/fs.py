@@ -14,7 +14,7 @@ import io
 import os
 import uuid
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import IO, Any
 
 import fsspec
 from fsspec import AbstractFileSystem
@@ -197,10 +197,15 @@ def file_size(url: str, storage_options: StorageOptions = None) -> int:
 
 def sha256_of(url: str, storage_options: StorageOptions = None) -> str:
     """sha256 of a file, streamed in 1 MiB chunks."""
-    digest = hashlib.sha256()
     with open_url(url, "rb", storage_options) as f, fs_errors(url, storage_options):
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
+        return sha256_of_stream(f)
+
+
+def sha256_of_stream(f: IO[bytes]) -> str:
+    """sha256 of what is left to read of an open file, in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    while chunk := f.read(_CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -43,6 +43,22 @@ class ShardInfo:
         out["row_groups"] = list(self.row_groups)
         return out
 
+    def missing_from(self, root: str) -> LtrayError:
+        return LtrayError(f"shard {self.path} is missing from {redact_url(root)}")
+
+    def check_copy(self, size: int, sha256: str | None = None) -> None:
+        """One clear error when a copy of this shard (its size, and its sha256 where given)
+        is not the one the manifest describes."""
+        if size != self.bytes:
+            raise LtrayError(
+                f"shard {self.path}: {size} bytes, the manifest says {self.bytes} "
+                "(truncated or replaced)"
+            )
+        if sha256 is not None and sha256 != self.sha256:
+            raise LtrayError(
+                f"shard {self.path}: sha256 differs from the manifest (corrupt or replaced)"
+            )
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShardInfo:
         groups = tuple(int(n) for n in data.get("row_groups") or [data["rows"]])

@@ -49,7 +49,6 @@ from ltray import fs
 from ltray.data.manifest import ShardInfo
 from ltray.errors import LtrayError
 from ltray.fs import StorageOptions
-from ltray.secrets import redact_url
 
 _CHUNK = 8 << 20
 _SUFFIX = ".parquet"
@@ -112,7 +111,7 @@ class ShardCache:
         if size != info.bytes:
             problem = f"{size} bytes, the manifest says {info.bytes}"
         elif lock.read_text() != identity:
-            if _sha256_of(handle) != info.sha256:
+            if fs.sha256_of_stream(handle) != info.sha256:
                 problem = "sha256 differs from the manifest"
             else:
                 lock.write_text(identity)
@@ -136,7 +135,7 @@ class ShardCache:
         digest = hashlib.sha256()
         size = 0
         if not fs.exists(url, storage_options):
-            raise LtrayError(f"shard {info.path} is missing from {redact_url(root)}")
+            raise info.missing_from(root)
         try:
             with fs.open_url(url, "rb", storage_options) as src, open(tmp, "wb") as dst:
                 with fs.fs_errors(url, storage_options):
@@ -144,15 +143,7 @@ class ShardCache:
                         digest.update(chunk)
                         dst.write(chunk)
                         size += len(chunk)
-            if size != info.bytes:
-                raise LtrayError(
-                    f"shard {info.path}: {size} bytes, the manifest says {info.bytes} "
-                    "(truncated or replaced)"
-                )
-            if digest.hexdigest() != info.sha256:
-                raise LtrayError(
-                    f"shard {info.path}: sha256 differs from the manifest (corrupt or replaced)"
-                )
+            info.check_copy(size, digest.hexdigest())
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -204,10 +195,3 @@ def _identity(stat: os.stat_result) -> str:
     """What tells a verified cached file from another in its place (a rewrite changes mtime,
     a replacement the inode)."""
     return f"{stat.st_dev} {stat.st_ino} {stat.st_size} {stat.st_mtime_ns}"
-
-
-def _sha256_of(handle: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    while chunk := handle.read(_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()

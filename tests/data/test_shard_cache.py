@@ -179,8 +179,8 @@ def test_an_unchanged_copy_is_not_hashed_again(options, shards, tmp_path, monkey
     cache = ShardCache(str(tmp_path / "cache"), 1 << 30)
     cache.open(ROOT, info, options).close()
     hashed = []
-    real = shard_cache._sha256_of
-    monkeypatch.setattr(shard_cache, "_sha256_of", lambda h: hashed.append(1) or real(h))
+    real = shard_cache.fs.sha256_of_stream
+    monkeypatch.setattr(shard_cache.fs, "sha256_of_stream", lambda h: hashed.append(1) or real(h))
     ShardCache(cache.folder, 1 << 30).open(ROOT, info, options).close()
     assert hashed == []
     later = cache.path(info).stat().st_mtime_ns + 1_000_000_000

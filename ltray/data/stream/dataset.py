@@ -39,7 +39,6 @@ from ltray.data.stream.read_ahead import read_ahead
 from ltray.data.stream.transforms import Transform
 from ltray.errors import LtrayError
 from ltray.fs import StorageOptions
-from ltray.secrets import redact_url
 
 COLUMNS = ["image", "label", "id"]
 _OPEN_SHARDS = 4
@@ -96,19 +95,11 @@ class ShardReader:
             size = fs.file_size(url, self.storage_options)
         except LtrayError:
             if not fs.exists(url, self.storage_options):
-                raise LtrayError(
-                    f"shard {info.path} is missing from {redact_url(self.root)}"
-                ) from None
+                raise info.missing_from(self.root) from None
             raise
-        if size != info.bytes:
-            raise LtrayError(
-                f"shard {info.path}: {size} bytes, the manifest says {info.bytes} "
-                "(truncated or replaced)"
-            )
-        if self.verify_sha256 and fs.sha256_of(url, self.storage_options) != info.sha256:
-            raise LtrayError(
-                f"shard {info.path}: sha256 differs from the manifest (corrupt or replaced)"
-            )
+        info.check_copy(size)
+        if self.verify_sha256:
+            info.check_copy(size, fs.sha256_of(url, self.storage_options))
         self._checked.add(shard)
 
     def _handles(self) -> collections.OrderedDict[int, tuple[Any, pq.ParquetFile]]:
