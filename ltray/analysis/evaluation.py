@@ -83,11 +83,12 @@ def open_source(
     path or URL. ``job`` (from ``--job``) replaces the recorded job; ``data_url`` is where the
     training set's class counts are read if the job's own data set cannot be."""
     if looks_like_run_id(target) and not fs.exists(target):
-        return _from_run(RecordedRun(tracking_uri, target), job, data_url)
+        return from_run(RecordedRun(tracking_uri, target), job, data_url)
     return _from_checkpoint(target, tracking_uri, job, data_url)
 
 
-def _from_run(run: RecordedRun, job: JobConfig | None, data_url: str | None) -> Source:
+def from_run(run: RecordedRun, job: JobConfig | None = None, data_url: str | None = None) -> Source:
+    """The model of an MLflow run already opened (see :func:`open_source`)."""
     job = job or job_from_params(run.params, f"MLflow run {run.run_id}'s params")
     contract = run.model_contract()
     if contract is None:  # a run without a logged model (tracking.log_model: false)

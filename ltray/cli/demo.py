@@ -161,7 +161,7 @@ def evaluate_runs(job: JobConfig, runs: list[RunResult], split: str = "test") ->
         if f"{key}/acc" in logged:
             numbers, how = logged, "evaluated before"
         else:
-            source = evaluation.open_source(recorded.run_id, uri)
+            source = evaluation.from_run(recorded)
             report = evaluation.run_evaluation(source, split=split)
             files = evaluation.write_report(report, _demo_folder(job) / "eval" / run.run_name)
             evaluation.log_report(recorded, report, files)
