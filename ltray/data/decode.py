@@ -7,7 +7,9 @@ CMYK JPEGs named ``.JPEG``).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 import torch
 from torchvision.io import ImageReadMode, decode_image
@@ -38,6 +40,14 @@ def _short_reason(exc: Exception) -> str:
     return text.rsplit(", ", 1)[-1]
 
 
+@contextlib.contextmanager
+def quiet_codec_deprecation() -> Iterator[None]:
+    """Around a torchvision.io codec call: hides its deprecation warning, and only that."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _CODEC_DEPRECATION, DeprecationWarning)
+        yield
+
+
 def decode_rgb(data: bytes | memoryview) -> torch.Tensor:
     """Decode JPEG/PNG bytes to a uint8 [3, H, W] tensor (grey, CMYK, 16-bit become RGB8).
 
@@ -47,8 +57,7 @@ def decode_rgb(data: bytes | memoryview) -> torch.Tensor:
     if buf.numel() == 0:
         raise ValueError("empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", _CODEC_DEPRECATION, DeprecationWarning)
+        with quiet_codec_deprecation():
             img = decode_image(buf, mode=ImageReadMode.RGB)
     except RuntimeError as exc:
         raise ValueError(_short_reason(exc)) from None

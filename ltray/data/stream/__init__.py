@@ -1,5 +1,6 @@
 """Streaming a prepared data set: partition and order (pure functions of seed, epoch, rank,
-world size, loader workers and batch size), augmentation, and the IterableDataset."""
+world size, loader workers and batch size), augmentation (per image, or per batch on the
+device: batch_augment), and the IterableDataset."""
 
 from ltray.data.stream.dataset import StreamingImageDataset, make_loader, reading_options
 from ltray.data.stream.order import epoch_batches, plan_worker
