@@ -272,6 +272,17 @@ def _ready_after(batches: list[np.ndarray], reads: list[_UnitRead]) -> np.ndarra
     return out
 
 
+def check_labels(labels: np.ndarray, num_classes: int, split: str) -> None:
+    """One clear error naming the first row (global index) whose label is outside the
+    manifest's classes: a loss would otherwise index out of range, or a sampler skew."""
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise LtrayError(
+            f"split {split!r}: row {int(bad[0])} has label {int(labels[bad[0]])}, "
+            f"outside the manifest's {num_classes} classes"
+        )
+
+
 def reading_options(data: Any) -> dict[str, Any]:
     """How a job's ``data`` section (:class:`ltray.config.DataConfig`) reads shards: the
     read-ahead bounds and the node-local cache, as :class:`StreamingImageDataset` takes them
@@ -380,13 +391,7 @@ class StreamingImageDataset(IterableDataset):
         labels = _split_labels(
             self.url, self.split, self.shards, self.storage_options, self.verify_sha256, self.cache
         )
-        num_classes = self.manifest.num_classes
-        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-        if len(bad):
-            raise LtrayError(
-                f"split {self.split!r}: row {int(bad[0])} has label {int(labels[bad[0]])}, "
-                f"outside the manifest's {num_classes} classes"
-            )
+        check_labels(labels, self.manifest.num_classes, self.split)
         return labels
 
     def repeats(self) -> np.ndarray | None:

@@ -228,6 +228,19 @@ def plan_worker(
     return WorkerPlan(logical, rows, batches, ids, resume.skip[worker])
 
 
+def round_robin(plans: Sequence[WorkerPlan]) -> list[tuple[int, np.ndarray]]:
+    """(canonical batch index, rows) of every batch the workers' ``plans`` yield, in the order
+    a DataLoader over them delivers: one batch from each worker in turn, skipping finished
+    ones. Worker p's plan is physical worker p's (after a resume, a rotated logical one)."""
+    streams = [list(zip(p.batch_ids[p.first :], p.batches[p.first :], strict=True)) for p in plans]
+    out: list[tuple[int, np.ndarray]] = []
+    j = 0
+    while any(j < len(s) for s in streams):
+        out.extend(s[j] for s in streams if j < len(s))
+        j += 1
+    return out
+
+
 def epoch_batches(
     row_groups: Sequence[Sequence[int]],
     *,
@@ -242,10 +255,4 @@ def epoch_batches(
         )
         for w in range(num_workers)
     ]
-    streams = [list(zip(p.batch_ids[p.first :], p.batches[p.first :], strict=True)) for p in plans]
-    out: list[np.ndarray] = []
-    j = 0
-    while any(j < len(s) for s in streams):  # DataLoader: round robin, skipping finished workers
-        out.extend(s[j][1] for s in streams if j < len(s))
-        j += 1
-    return out
+    return [rows for _, rows in round_robin(plans)]
