@@ -1,58 +1,141 @@
 #!/usr/bin/env bash
-# The one GPU check: everything GPU-related ltray can measure today, in one call, results under
-# $OUT (default ./gpu-check-out). Runs on the CPU too (slowly; GPU_CHECK_QUICK=1 shrinks it).
+# The one GPU check: everything GPU-related ltray measures, in one call of at most 9 minutes,
+# results under OUT (argument or $OUT; default ./gpu-check-out): summary.md, and a log a part.
 #
-#   1. the device (nvidia-smi, torch);
-#   2. bench/bench_uniformity.py: the dr loss's uniformity term against a ResNet-50 step, with
-#      the default fp32 Gram, the opt-in bf16 Gram, and without the compiled block pass;
-#   3. `ltray train --local` on CIFAR-10-LT (IF 100, val 50/class) for ce and dr: images per
-#      second of ResNet-32 with bf16 autocast and channels_last, fed by ltray's reader.
+#   1. the device (nvidia-smi, torch, what is installed);
+#   2. the tests that need CUDA (nvjpeg against the CPU decoder, the augmentation on the GPU,
+#      the three input paths), where pytest travelled in .whl/;
+#   3. bench/bench_pipeline.py --full: ResNet-50 at 224 and ResNet-32 at 32 fed by ltray's
+#      pipeline against synthetic batches on the device;
+#   4. bench/bench_uniformity.py: the dr uniformity term against a ResNet-50 step, fused and not;
+#   5. bench/bench_scaling.py and bench/bench_stream.py: need Ray (skipped without it);
+#   6. host synchronisations inside the step loop (LTRAY_SYNC_DEBUG=warn, GPU decode path);
+#   7. the reproduction: ce, balanced_softmax, dr and dr with prior_tau on CIFAR-10-LT IF 100,
+#      200 epochs, jobs/cifar10_lt.yaml's protocol, the four side by side on the one GPU.
 #
-# Needs torch, torchvision, pyarrow, fsspec, typer, rich, pyyaml; pydantic and its three
-# dependencies travel as wheels in .whl/ (git-ignored), the archive in .device-data/.
+# On the CPU it runs too: GPU_CHECK_QUICK=1 shrinks every part to seconds (tests/test_gpu_check.py
+# runs it so), and the parts that need CUDA say so and skip.
+# Needs python3 with torch, torchvision, pyarrow, fsspec, typer, rich, pyyaml. What a bare GPU box
+# lacks travels in git-ignored folders: .whl/ (pydantic and its dependencies, pytest and its;
+# bench/fetch_wheels.sh fetches them) and .device-data/ (the CIFAR-10 archive).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/gpu-check-out}
+OUT=$(realpath -m "${1:-${OUT:-$PWD/gpu-check-out}}")
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/gpu-check-site .whl/*.whl
+PY=${PYTHON:-python3}
+if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import pydantic" 2>/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/gpu-check-site .whl/*.whl > "$OUT/pip.txt" 2>&1
     export PYTHONPATH=/tmp/gpu-check-site:$PWD
 else
-    export PYTHONPATH=$PWD
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
 ltray() { "$PY" -c 'import sys; from ltray.cli import app; sys.argv[0] = "ltray"; app()' "$@"; }
 QUICK=${GPU_CHECK_QUICK:-0}
 DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+SUMMARY=$OUT/summary.md
+started=$(date +%s)
+elapsed() { echo $(( $(date +%s) - started )); }
+note() { echo "$*" | tee -a "$SUMMARY"; }
+# run NAME SECONDS CMD...: one part, its log under OUT, its status in the summary
+run() {
+    local name=$1 limit=$2; shift 2
+    local t0; t0=$(date +%s)
+    echo "== $name (limit ${limit}s, at $(elapsed)s)"
+    timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+    local rc=$?
+    tail -n 25 "$OUT/$name.txt"
+    note "- $name: exit $rc in $(( $(date +%s) - t0 ))s (log $name.txt)"
+    return $rc
+}
 
+: > "$SUMMARY"
+note "# ltray GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 { nvidia-smi || true
-  "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision',
-torchvision.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+  "$PY" -c "import sys, os, torch, torchvision; print('python', sys.version.split()[0], 'torch',
+torch.__version__, 'torchvision', torchvision.__version__, 'cpus', len(os.sched_getaffinity(0)),
+torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
 } > "$OUT/device.txt" 2>&1
-cat "$OUT/device.txt"
+note "- device: $(tail -n 1 "$OUT/device.txt")"
 
-echo "== uniformity term ($DEVICE)"
-classes="1000 8142"; [ "$QUICK" = 1 ] && classes="256"
-for extra in "" "--gram bf16" "--fused off"; do
-    [ "$DEVICE" = cpu ] && [ "$extra" != "" ] && continue
-    # shellcheck disable=SC2086
-    "$PY" bench/bench_uniformity.py --device "$DEVICE" --classes $classes $extra \
-        $([ "$QUICK" = 1 ] && echo "--batch 2 --image-size 64 --repeats 1") 2>&1 \
-        | tee -a "$OUT/uniformity.txt"
-done
-
-echo "== training, CIFAR-10-LT ($DEVICE)"
 archive=.device-data/cifar10-jpeg.tar.gz
 [ -f "$archive" ] || archive=../shared/data/cifar10-jpeg.tar.gz
 data=/tmp/gpu-check-cifar10-lt
-ltray prepare cifar-lt "$archive" "$data" --imbalance 100 --val-per-class 50 2>&1 | tail -3
-epochs=5; steps=(); [ "$QUICK" = 1 ] && epochs=1 && steps=(--set schedule.max_steps_per_epoch=3 --set schedule.max_eval_batches=2)
-for loss in ce dr; do
-    ltray train jobs/cifar10_lt.yaml --local --set data.url="$data" --set loss.name=$loss \
-        --set schedule.epochs=$epochs --set schedule.eval_every=1 --set tracking.uri=none \
-        --set storage.url=/tmp/gpu-check-runs --set data.loader_workers=8 --fresh "${steps[@]}" \
-        2>&1 | tee -a "$OUT/train-$loss.txt"
+if [ -f "$archive" ]; then
+    run prepare 120 ltray prepare cifar-lt "$archive" "$data" --imbalance 100 --val-per-class 50
+else
+    note "- prepare: skipped: no CIFAR-10 archive in .device-data/ or ../shared/data/"
+    data=
+fi
+
+if "$PY" -c "import pytest" 2>/dev/null; then
+    run cuda-tests 120 "$PY" -m pytest -q -p no:cacheprovider --noconftest \
+        tests/data/test_gpu_decode.py tests/data/test_batch_augment.py tests/train/test_input_path.py
+else
+    note "- cuda-tests: skipped: pytest is not installed (bench/fetch_wheels.sh puts it in .whl/)"
+fi
+
+if [ -n "$data" ]; then
+common=(--local --set data.url="$data" --set tracking.uri=none --fresh)
+quick=(); [ "$QUICK" = 1 ] && quick=(--set schedule.epochs=2 --set schedule.max_steps_per_epoch=3
+    --set schedule.max_eval_batches=2 --set schedule.eval_every=1 --set optim.batch_size=16)
+
+# 6. no host synchronisation inside the loop: torch warns at each one (once per place)
+LTRAY_SYNC_DEBUG=warn run host-syncs 90 ltray train jobs/cifar10_lt.yaml "${common[@]}" \
+    --set storage.url=/tmp/gpu-check-syncs --set data.on_device=false --set schedule.epochs=1 \
+    --set schedule.max_steps_per_epoch=40 --set schedule.max_eval_batches=2 "${quick[@]}"
+syncs=$(grep -c "called a synchronizing CUDA operation" "$OUT/host-syncs.txt")
+note "- host synchronisations reported inside the step loop (GPU decode path): $syncs"
+
+# 7. the reproduction, four runs side by side
+# what is left of 9 minutes, less 100 s for the benchmarks after it
+budget=$(( ${GPU_CHECK_SECONDS:-540} - $(elapsed) - 100 ))
+note "- reproduction: $budget s left for it"
+runs=(ce balanced_softmax dr dr-prior)
+for name in "${runs[@]}"; do
+    sets=(--set loss.name="${name%-prior}")
+    [ "$name" = dr-prior ] && sets+=(--set loss.prior_tau=1.0)
+    LTRAY_SYNC_DEBUG=warn timeout "$budget" ltray train jobs/cifar10_lt.yaml "${common[@]}" \
+        --set storage.url=/tmp/gpu-check-runs "${sets[@]}" "${quick[@]}" \
+        > "$OUT/repro-$name.txt" 2>&1 &
 done
+wait
+{ echo
+  echo "| loss | test top-1 | many | medium | few | mean epoch s (img/s) | epochs done |"
+  echo "| --- | --- | --- | --- | --- | --- | --- |"
+  for name in "${runs[@]}"; do
+      "$PY" bench/repro_row.py "$name" "$OUT/repro-$name.txt" "$data"
+  done
+  echo
+  echo "host synchronisations reported in the reproduction runs: $(cat "$OUT"/repro-*.txt | grep -c "called a synchronizing CUDA operation")"
+  echo "at $(elapsed)s"
+} | tee -a "$SUMMARY"
+else
+    note "- host-syncs, reproduction: skipped: no data"
+fi
+
+# 3-5. the benchmarks, after the reproduction: it is what the check is for
+if [ "$QUICK" = 1 ]; then
+    run pipeline 240 "$PY" bench/bench_pipeline.py --device "$DEVICE" --steps 4 --workers 1 \
+        --cache /tmp/gpu-check-bench
+    run uniformity 120 "$PY" bench/bench_uniformity.py --device "$DEVICE" --classes 256 \
+        --batch 2 --image-size 64 --repeats 1
+else  # in what is left of the 9 minutes
+    left() { echo $(( ${GPU_CHECK_SECONDS:-540} - $(elapsed) )); }
+    run pipeline $(( $(left) > 150 ? 120 : $(left) - 30 )) "$PY" bench/bench_pipeline.py \
+        --device "$DEVICE" --full --cache /tmp/gpu-check-bench
+    run uniformity $(( $(left) - 15 )) "$PY" bench/bench_uniformity.py --device "$DEVICE" \
+        --classes 1000 8142
+    [ "$DEVICE" = cuda ] && [ "$(left)" -gt 10 ] && run uniformity-unfused "$(left)" \
+        "$PY" bench/bench_uniformity.py --device cuda --classes 8142 --fused off
+fi
+for bench in scaling stream; do
+    if "$PY" -c "import ray" 2>/dev/null; then
+        run "$bench" 120 "$PY" "bench/bench_$bench.py" $([ "$QUICK" = 1 ] && echo --quick)
+    else
+        note "- $bench: skipped: ray is not installed here"
+    fi
+done
+
 echo "results in $OUT"

@@ -13,7 +13,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -77,7 +77,24 @@ class DataConfig(Section):
         "once; class_balanced: class-uniform then instance-uniform, with replacement; "
         "square_root: classes in proportion to sqrt(n_c). Evaluation always reads plain",
     )
-    loader_workers: int = Field(2, ge=0, le=64, description="data-loader processes per rank")
+    loader_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
+        2,
+        description="data-loader processes per rank; auto: the CPUs this process may use, "
+        "shared with the node's other training processes, less one (at most 8). The batch "
+        "order depends on it: a run resumes with the count its epoch began with",
+    )
+    decode: Literal["auto", "cpu", "gpu"] = Field(
+        "auto",
+        description="where images are decoded and augmented: cpu: in the loader processes; "
+        "gpu: on the training device (nvjpeg; what it refuses on the CPU, counted); auto: gpu "
+        "on GPU workers, cpu on CPU workers. Same batches and augmentation either way",
+    )
+    on_device: Literal["auto"] | bool = Field(
+        "auto",
+        description="hold each split decoded on the device (one uint8 tensor, gathered and "
+        "augmented there each epoch, same order as streaming); auto: on GPUs, for a split of "
+        "one image size within a quarter of the free GPU memory; true also on the CPU",
+    )
     verify_sha256: bool = Field(False, description="hash every shard against the manifest")
     read_ahead: int = Field(
         4,
@@ -290,6 +307,11 @@ class ScalingConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs Ray reserves per worker")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 autocast on GPUs, fp32 on the CPU"
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model (its first steps compile; bench/bench_pipeline.py "
+        "measures the gain)",
     )
     max_failures: int = Field(3, ge=-1, description="worker failures tolerated (-1: unlimited)")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(

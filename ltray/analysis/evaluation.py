@@ -36,8 +36,12 @@ from ltray.analysis.confusion import confusion_matrix, plot_confusion, shown_con
 from ltray.config import JobConfig
 from ltray.data import Manifest, read_manifest
 from ltray.data.profiles import GROUPS, shot_groups
-from ltray.data.stream import StreamingImageDataset, make_loader, reading_options
-from ltray.data.stream.transforms import build_transform
+from ltray.data.stream import (
+    StreamingImageDataset,
+    build_batch_transform,
+    make_loader,
+    reading_options,
+)
 from ltray.errors import LtrayError
 from ltray.losses import build_loss, head_for
 from ltray.models import LinearHead, build_model, tau_normalized
@@ -48,6 +52,7 @@ from ltray.train.checkpoint import CHECKPOINT_FILE, load_state
 from ltray.train.decoupled import collect_features
 from ltray.train.device import Normalizer, Placement
 from ltray.train.evaluate import EvalCounts, evaluate
+from ltray.train.input_path import loader_workers
 from ltray.train.run_info import job_from_params
 from ltray.train.session import LOCAL_FOLDER
 
@@ -336,7 +341,7 @@ class Evaluator:
             shuffle=False,
             equal_ranks=False,
             shuffle_buffer=data.shuffle_buffer,
-            transform=build_transform("none", data.image_size, False),
+            transform=build_batch_transform("none", data.image_size, False),
             storage_options=self.storage_options,
             verify_sha256=data.verify_sha256,
             manifest=self.manifest,
@@ -344,7 +349,7 @@ class Evaluator:
             **reading_options(data),
         )
         dataset.set_epoch(0)
-        return make_loader(dataset, num_workers=data.loader_workers)
+        return make_loader(dataset, num_workers=loader_workers(data, local_world_size=1))
 
     def run(self, split: str, keep_features: bool = False) -> SplitPass:
         """Training's evaluation of ``split`` (:func:`ltray.train.evaluate.evaluate`)."""

@@ -1,14 +1,14 @@
 """Batches of encoded images -> uint8 RGB CHW tensors on the training device.
 
 On a CUDA device the JPEGs nvjpeg takes are decoded there, all in one batched
-``torchvision.io.decode_jpeg`` call; the rest (PNG, progressive and CMYK JPEGs, anything
+``torchvision.io.decode_jpeg`` call; the rest (PNG, CMYK JPEGs, anything
 nvjpeg refuses) are decoded on the CPU by :func:`ltray.data.decode.decode_rgb`, one by one,
 and counted by reason so that the trainer can say how much of its input missed the GPU. On
 the CPU every image goes through ``decode_rgb``: the results have its layout everywhere
 (RGB, uint8, [3, H, W]).
 
 Which JPEGs nvjpeg takes is read from the header alone (:func:`gpu_decodable`): sending a
-progressive JPEG in the batch would make the whole batched call fail.
+CMYK JPEG in the batch would make the whole batched call fail.
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from ltray.data.decode import JPEG_MAGIC, PNG_MAGIC, decode_rgb, quiet_codec_dep
 FALLBACK_REASONS = (
     "png",  # not a JPEG: nvjpeg decodes JPEG only
     "not-jpeg",  # neither JPEG nor PNG (decode_rgb will refuse it)
-    "progressive",  # SOF2
     "unsupported",  # lossless, hierarchical or arithmetic-coded JPEG, or not 8-bit
     "cmyk",  # 4 components (CMYK / YCCK)
     "truncated",  # the header ends before the frame header (SOF)
     "malformed",  # a marker segment that cannot be, or no SOF before the scan
     "refused",  # nvjpeg raised on it although its header looked fine
 )
-_BASELINE_SOF = {0xC0, 0xC1}  # baseline and extended sequential, Huffman-coded
-_PROGRESSIVE_SOF = 0xC2
+# baseline, extended sequential and progressive, Huffman-coded: nvjpeg (CUDA 13) decoded all
+# three on an H100, progressive included (bench/README.md, 2026-11-27)
+_GPU_SOF = {0xC0, 0xC1, 0xC2}
 # every other SOFn; C4 (DHT), C8 (reserved) and CC (DAC) share the range but are not frames
 _OTHER_SOF = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _NO_LENGTH = {0x01, *range(0xD0, 0xD8)}  # TEM and RSTn stand alone
@@ -43,7 +43,8 @@ def gpu_decodable(data: bytes) -> str | None:
     """None when nvjpeg decodes this image; else why not, one of :data:`FALLBACK_REASONS`.
 
     Walks the JPEG marker segments up to the frame header, without decoding: an 8-bit
-    baseline or extended sequential frame with 1 or 3 components is nvjpeg's. Never raises.
+    baseline, extended sequential or progressive frame with 1 or 3 components is nvjpeg's.
+    Never raises.
     """
     if data[:8] == PNG_MAGIC:
         return "png"
@@ -70,11 +71,9 @@ def gpu_decodable(data: bytes) -> str | None:
         length = int.from_bytes(data[pos + 2 : pos + 4], "big")
         if length < 2:
             return "malformed"
-        if marker == _PROGRESSIVE_SOF:
-            return "progressive"
         if marker in _OTHER_SOF:
             return "unsupported"
-        if marker in _BASELINE_SOF:
+        if marker in _GPU_SOF:
             if pos + 10 > len(data):
                 return "truncated"
             precision, components = data[pos + 4], data[pos + 9]

@@ -89,7 +89,7 @@ def collect_features(
         with placement.autocast():
             out = model(normalize(batch["image"]))
         feats.append(out.features.float().cpu())
-        labels.append(batch["label"])
+        labels.append(batch["label"].cpu())  # on the device where the input path put it
     features = torch.cat(feats) if feats else torch.empty(0, model.feature_dim)
     label_t = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
     if world_size > 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,3 +63,17 @@ class Normalizer:
         if self.placement.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return (images.float() - self.mean) / self.std
+
+
+@contextlib.contextmanager
+def host_syncs_checked(device: torch.device, mode: str | None) -> Iterator[None]:
+    """Within: torch's check of host synchronisations (``torch.cuda.set_sync_debug_mode``:
+    "warn" or "error") on a CUDA device; off again after. None or a CPU device: nothing."""
+    if mode is None or device.type != "cuda":
+        yield
+        return
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

@@ -34,6 +34,7 @@ class Session(Protocol):
     rank: int
     world_size: int
     local_rank: int
+    local_world_size: int  # training processes on this node (they share its CPUs)
     node: str  # where this worker runs: Ray's node id, or the host name
 
     def latest_state(self) -> dict[str, Any] | None: ...
@@ -67,6 +68,7 @@ class LocalSession:
     rank = 0
     world_size = 1
     local_rank = 0
+    local_world_size = 1
     node = socket.gethostname()
 
     def __init__(self, storage: Storage, run_name: str, keep: int) -> None:
@@ -117,6 +119,7 @@ class RaySession:
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.local_rank = context.get_local_rank()
+        self.local_world_size = context.get_local_world_size()
         self.node = ray.get_runtime_context().get_node_id()
         group = ray.util.get_current_placement_group()
         self._placement_group = group.id.hex() if group is not None else None

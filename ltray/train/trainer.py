@@ -18,8 +18,10 @@ an epoch that MLflow already has: each metric has one value per step, the finish
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -32,8 +34,6 @@ from ltray.analysis.analyze import RunHistory, log_run_figures, run_label
 from ltray.config import JobConfig
 from ltray.data import read_manifest
 from ltray.data.profiles import shot_groups
-from ltray.data.stream import StreamingImageDataset, make_loader, reading_options
-from ltray.data.stream.transforms import build_transform
 from ltray.errors import LtrayError
 from ltray.losses import build_loss, head_for
 from ltray.losses.base import effective_number_weights
@@ -43,7 +43,7 @@ from ltray.tracking import make_tracker
 from ltray.train.classifier_stage import RETRAINED, retrain_classifier
 from ltray.train.classifier_stage import SAMPLER as STAGE2_SAMPLER
 from ltray.train.decoupled import accuracy, collect_features, tau_norm
-from ltray.train.device import Normalizer, Placement, wants_gpu
+from ltray.train.device import Normalizer, Placement, host_syncs_checked, wants_gpu
 from ltray.train.divergence import (
     NonFiniteLoss,
     first_bad_step,
@@ -51,6 +51,7 @@ from ltray.train.divergence import (
     raise_if_any_rank_diverged,
 )
 from ltray.train.evaluate import EvalCounts, evaluate
+from ltray.train.input_path import SplitInput, loader_workers, open_split
 from ltray.train.run_identity import check_class_count
 from ltray.train.run_info import (
     Predictor,
@@ -65,6 +66,9 @@ from ltray.train.session import LocalSession, RaySession, Session, fetch_secrets
 from ltray.train.storage import Storage
 
 FAILURE_FILE = "failure.txt"
+# "warn" or "error": torch reports any host synchronisation inside the step loop on a GPU
+# (bench/gpu_check.sh sets it; the loop reads the device only at log_every_steps)
+SYNC_DEBUG_ENV = "LTRAY_SYNC_DEBUG"
 
 
 def check_train_shares(num_rows: int, world_size: int, split: str) -> None:
@@ -140,6 +144,8 @@ class Trainer:
         self.criterion = build_loss(job.loss, self.train_counts)
         self.model = build_model(job.model, self.num_classes, head=head_for(job.loss, job.model))
         self.module = self.placement.prepare_module(TrainModule(self.model, self.criterion))
+        if job.scaling.compile:
+            self.model.compile()  # in place: state_dict keys and checkpoints are unchanged
         self.ddp: torch.nn.Module = self.module
         if self.distributed:
             device_ids = (
@@ -149,6 +155,8 @@ class Trainer:
         self.peak_lr = scaled_lr(job.optim, self.world)
         self.optimizer = self._optimizer()
         self.normalize = Normalizer(self.placement, data.mean, data.std)
+        self.workers = loader_workers(data, session.local_world_size)
+        self._inputs: dict[tuple, SplitInput] = {}
         tracking = job.tracking
         self.tracker = make_tracker(
             tracking.uri, tracking.experiment, self.rank, tracking.artifact_location
@@ -166,33 +174,46 @@ class Trainer:
             {"params": list(self.criterion.parameters()), "weight_decay": 0.0},
         ]
         groups = [g for g in groups if g["params"]]
+        # torch's fused kernels, on GPUs: one launch for all parameters instead of several
+        fused = {"fused": True} if self.placement.device.type == "cuda" else {}
         if optim.name == "adamw":
-            return torch.optim.AdamW(groups, lr=self.peak_lr)
+            return torch.optim.AdamW(groups, lr=self.peak_lr, **fused)
         return torch.optim.SGD(
-            groups, lr=self.peak_lr, momentum=optim.momentum, nesterov=optim.nesterov
+            groups, lr=self.peak_lr, momentum=optim.momentum, nesterov=optim.nesterov, **fused
         )
 
-    def _dataset(
-        self, split: str, train: bool, batch_size: int | None = None, sampler: str | None = None
-    ) -> StreamingImageDataset:
-        data = self.job.data
-        return StreamingImageDataset(
-            data.url,
-            split,
-            batch_size=batch_size or self.job.optim.batch_size,
-            rank=self.rank,
-            world_size=self.world,
-            seed=self.job.seed,
-            shuffle=train,
-            equal_ranks=train,
-            shuffle_buffer=data.shuffle_buffer,
-            transform=build_transform(data.augment if train else "none", data.image_size, train),
-            storage_options=data.storage_options,
-            verify_sha256=data.verify_sha256,
-            manifest=self.manifest,
-            sampler=sampler or (data.sampler if train else "plain"),
-            **reading_options(data),
-        )
+    def _input(
+        self,
+        split: str,
+        train: bool,
+        batch_size: int | None = None,
+        sampler: str | None = None,
+        workers: int | None = None,
+    ) -> SplitInput:
+        """A split's input (:mod:`ltray.train.input_path`), opened once per run: a split held
+        on the device is read and decoded once."""
+        workers = self.workers if workers is None else workers
+        key = (split, train, batch_size, sampler, workers)
+        if key not in self._inputs:
+            self._inputs[key] = open_split(
+                self.job.data,
+                self.manifest,
+                split,
+                train=train,
+                device=self.placement.device,
+                workers=workers,
+                batch_size=batch_size or self.job.optim.batch_size,
+                rank=self.rank,
+                world_size=self.world,
+                seed=self.job.seed,
+                sampler=sampler,
+                say=self._say,
+            )
+        return self._inputs[key]
+
+    def _say(self, line: str) -> None:
+        if self.rank == 0:
+            self.session.say(line)
 
     # --- checkpoints -------------------------------------------------------------------------
     def state(
@@ -205,7 +226,7 @@ class Trainer:
         """The checkpoint after finished epoch ``epoch``; ``stream`` and ``partial`` for one
         inside the next epoch (see :mod:`ltray.train.checkpoint`)."""
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-        workers = self.job.data.loader_workers
+        workers = self.workers
         return {
             "epoch": epoch,
             "stream": stream or {"epoch": epoch + 1, "batch": 0, "loader_workers": workers},
@@ -252,17 +273,18 @@ class Trainer:
         resume, self.resume = self.resume, {}
         start_batch = resume.get("batch", 0)
         # a resumed epoch keeps the loader workers it began with: the batch order depends on them
-        workers = resume.get("loader_workers", self.job.data.loader_workers)
+        workers = resume.get("loader_workers", self.workers)
         self.ddp.train()
         self.criterion.set_epoch(float(epoch))
-        dataset = self._dataset(self.job.data.train_split, train=True)
-        dataset.set_epoch(epoch, start_batch)
-        steps = dataset.num_batches(workers)
+        source = self._input(self.job.data.train_split, train=True, workers=workers)
+        source.fallback.clear()
+        steps = source.num_batches()
         cap = self.job.schedule.max_steps_per_epoch
         steps = min(steps, cap) if cap else steps
         check_every = self.job.schedule.log_every_steps
         save_every = self.job.storage.checkpoint_every_steps
         device = self.placement.device
+        sync_debug = os.environ.get(SYNC_DEBUG_ENV)
 
         partial = resume.get("partial", {}) if self.rank == 0 else {}
         # running sums; a mid-epoch checkpoint saves them summed over ranks, restored on rank 0
@@ -274,38 +296,42 @@ class Trainer:
         bad_step = torch.full((), -1, device=device, dtype=torch.long)
         elapsed_before = float(resume.get("partial", {}).get("elapsed", 0.0))
         started = time.perf_counter()
-        loader = make_loader(dataset, num_workers=workers)
-        for step, batch in enumerate(loader, start=start_batch):
-            if step >= steps:
-                break
-            lr = lr_at(epoch + (step + 1) / steps, self.peak_lr, self.job.schedule)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.criterion.set_epoch(epoch + step / steps)
-            images = self.normalize(batch["image"])
-            labels = batch["label"].to(device, non_blocking=True)
-            with self.placement.autocast():
-                result = self.ddp(images, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            result.total.backward()
-            finite = gradients_finite(self.module, self.placement.device) & torch.isfinite(
-                result.total.detach()
-            )
-            bad_step = torch.where((bad_step < 0) & ~finite, step, bad_step)
-            self.optimizer.step()
-            self.criterion.after_step(self.model)
-            n = len(labels)
-            seen += n
-            for name, value in {"total": result.total, **result.terms}.items():
-                term_sums[name] = term_sums.get(name, 0.0) + value.detach().double() * n
-            done = step + 1
-            save = save_every is not None and done % save_every == 0 and done < steps
-            if done % check_every == 0 or save:
-                if first_bad_step(bad_step, self.distributed) is not None:
-                    break  # every rank stops here, so collectives stay matched
-            if save:
-                elapsed = elapsed_before + time.perf_counter() - started
-                self._save_mid_epoch(epoch, done, workers, seen, term_sums, elapsed)
+        batches = source.epoch(epoch, start_batch)
+        with contextlib.closing(batches), host_syncs_checked(device, sync_debug):
+            for step, batch in enumerate(batches, start=start_batch):
+                if step >= steps:
+                    break
+                lr = lr_at(epoch + (step + 1) / steps, self.peak_lr, self.job.schedule)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self.criterion.set_epoch(epoch + step / steps)
+                images = self.normalize(batch["image"])
+                labels = batch["label"].to(device, non_blocking=True)
+                with self.placement.autocast():
+                    result = self.ddp(images, labels)
+                self.optimizer.zero_grad(set_to_none=True)
+                result.total.backward()
+                finite = gradients_finite(self.module, self.placement.device) & torch.isfinite(
+                    result.total.detach()
+                )
+                bad_step = torch.where((bad_step < 0) & ~finite, step, bad_step)
+                self.optimizer.step()
+                self.criterion.after_step(self.model)
+                n = len(labels)
+                seen += n
+                for name, value in {"total": result.total, **result.terms}.items():
+                    term_sums[name] = term_sums.get(name, 0.0) + value.detach().double() * n
+                done = step + 1
+                save = save_every is not None and done % save_every == 0 and done < steps
+                if done % check_every == 0 or save:
+                    # the one read of the device per logging interval
+                    with host_syncs_checked(device, None if sync_debug is None else "default"):
+                        diverged = first_bad_step(bad_step, self.distributed) is not None
+                    if diverged:
+                        break  # every rank stops here, so collectives stay matched
+                if save:
+                    elapsed = elapsed_before + time.perf_counter() - started
+                    self._save_mid_epoch(epoch, done, workers, seen, term_sums, elapsed)
         elapsed = elapsed_before + time.perf_counter() - started
 
         raise_if_any_rank_diverged(epoch, bad_step, self.distributed)
@@ -317,6 +343,14 @@ class Trainer:
         metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["train/images_per_s"] = total_seen / max(elapsed, 1e-9)
         metrics["train/epoch_s"] = elapsed
+        if source.fallback:  # the GPU decode path's images that nvjpeg did not take
+            fallback = source.fallback
+            metrics["train/decoded_on_cpu"] = float(sum(fallback.values()))
+            reasons = ", ".join(f"{n} {why}" for why, n in sorted(fallback.items()))
+            self._say(
+                f"[ltray] epoch {epoch}: {sum(fallback.values())} images decoded on the "
+                f"CPU, not the GPU ({reasons})"
+            )
         return metrics
 
     def _summed(self, seen: torch.Tensor, term_sums: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -360,13 +394,10 @@ class Trainer:
 
     def evaluate_split(self, split: str, prefix: str) -> tuple[dict[str, float], EvalCounts]:
         self._agree_on_buffers()
-        dataset = self._dataset(split, train=False)
-        dataset.set_epoch(0)
-        loader = make_loader(dataset, num_workers=self.job.data.loader_workers)
         counts = evaluate(
             self.model,
             self.criterion,
-            loader,
+            self._input(split, train=False).epoch(0),
             self.normalize,
             self.placement,
             self.num_classes,
@@ -392,11 +423,9 @@ class Trainer:
     # --- stage 2 (crt, lws, tau_norm) --------------------------------------------------------
     def _features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         self._agree_on_buffers()
-        dataset = self._dataset(split, train=False)
-        dataset.set_epoch(0)
         return collect_features(
             self.model,
-            make_loader(dataset, num_workers=self.job.data.loader_workers),
+            self._input(split, train=False).epoch(0),
             self.normalize,
             self.placement,
             self.job.schedule.max_eval_batches,
@@ -426,24 +455,24 @@ class Trainer:
         return {f"stage2/{k}": v for k, v in numbers.items() if not math.isnan(v)}
 
     def _retrain_classifier(self, method: str) -> tuple[torch.nn.Module, dict[str, float]]:
-        cfg, workers = self.job.loss.decoupled, self.job.data.loader_workers
-        dataset = self._dataset(
+        cfg = self.job.loss.decoupled
+        source = self._input(
             self.job.data.train_split,
             train=True,
             batch_size=max(1, cfg.batch_size // self.world),  # a global batch, as the authors'
             sampler=STAGE2_SAMPLER[method],
         )
         cap = self.job.schedule.max_steps_per_epoch
-        steps = dataset.num_batches(workers)
+        steps = source.num_batches()
         steps = min(steps, cap) if cap else steps
 
         def epoch_batches(stage2_epoch: int) -> Iterator[dict[str, torch.Tensor]]:
             # the order's epochs continue after stage 1's, so stage 2 draws its own samples
-            dataset.set_epoch(self.job.schedule.epochs + stage2_epoch)
-            for step, batch in enumerate(make_loader(dataset, num_workers=workers)):
-                if step >= steps:
-                    break
-                yield batch
+            with contextlib.closing(source.epoch(self.job.schedule.epochs + stage2_epoch)) as it:
+                for step, batch in enumerate(it):
+                    if step >= steps:
+                        break
+                    yield batch
 
         head, info = retrain_classifier(
             method,

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from ltray.cli.prepare import app
 from ltray.data import read_manifest
-from ltray.data.stream import StreamingImageDataset, build_transform, make_loader
+from ltray.data.stream import StreamingImageDataset, build_batch_transform, make_loader
 
 CIFAR10_LT_100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
@@ -60,7 +60,7 @@ def test_cifar10_lt_if100_from_the_archive(cifar_archive, tmp_path):
         assert Counter(r["label"] for r in rows) == dict(enumerate(counts))
 
     ds = StreamingImageDataset(
-        str(out), "train", batch_size=256, transform=build_transform("cifar", 32, True)
+        str(out), "train", batch_size=256, transform=build_batch_transform("cifar", 32, True)
     )
     batch = next(iter(make_loader(ds, num_workers=0)))
     assert batch["image"].shape == (256, 3, 32, 32)

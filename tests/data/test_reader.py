@@ -9,14 +9,21 @@ import torch
 from ltray.data import read_manifest
 from ltray.data.prepare import sources
 from ltray.data.prepare.orchestrator import PrepareOptions, prepare_from
-from ltray.data.stream import StreamingImageDataset, build_transform, epoch_batches, make_loader
+from ltray.data.stream import (
+    StreamingImageDataset,
+    build_batch_transform,
+    epoch_batches,
+    make_loader,
+)
 from ltray.errors import LtrayError
 
 BATCH = 16
 
 
 def _ds(url, **kw):
-    args = dict(batch_size=BATCH, transform=build_transform("cifar", 16, True), shuffle_buffer=64)
+    args = dict(
+        batch_size=BATCH, transform=build_batch_transform("cifar", 16, True), shuffle_buffer=64
+    )
     return StreamingImageDataset(url, "train", **{**args, **kw})
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ltray.config import DataConfig
 from ltray.data import read_manifest
-from ltray.data.stream import StreamingImageDataset, build_transform, make_loader
+from ltray.data.stream import StreamingImageDataset, build_batch_transform, make_loader
 from ltray.data.stream.samplers import SAMPLERS, repeat_counts
 from ltray.errors import LtrayError
 
@@ -130,7 +130,7 @@ def test_the_same_seed_and_epoch_repeat_the_order_and_others_change_it(synth_ds)
 
 @pytest.mark.parametrize("sampler", ["class_balanced", "square_root"])
 def test_resume_at_any_batch_replays_the_rest_of_the_epoch_exactly(synth_ds, sampler):
-    transform = build_transform("cifar", 16, True)
+    transform = build_batch_transform("cifar", 16, True)
     for rank in range(2):
         ds = _ds(
             synth_ds, rank=rank, world_size=2, seed=9, sampler=sampler, equal_ranks=True,
@@ -157,7 +157,7 @@ def test_evaluation_splits_and_plain_read_every_row_once(synth_ds):
 def test_local_training_with_class_balanced_sampling_completes(tmp_path, monkeypatch):
     from train_support import make_job, run_cli
 
-    from ltray.train import trainer as trainer_module
+    from ltray.train import input_path as trainer_module
     from ltray.train.launcher import run_job
 
     data = str(tmp_path / "tiny")

@@ -51,10 +51,12 @@ def _indices(ds, workers):
 
 
 def test_epoch_two_reads_nothing_from_the_store(proxy, options, synth_ds, tmp_path):
-    from ltray.data.stream import StreamingImageDataset, build_transform
+    from ltray.data.stream import StreamingImageDataset, build_batch_transform
 
     cache = ShardCache(str(tmp_path / "cache"), 1 << 30)
-    args = dict(batch_size=16, transform=build_transform("cifar", 16, True), shuffle_buffer=64)
+    args = dict(
+        batch_size=16, transform=build_batch_transform("cifar", 16, True), shuffle_buffer=64
+    )
     ds = StreamingImageDataset(ROOT, "train", storage_options=options, cache=cache, **args)
     local = StreamingImageDataset(synth_ds, "train", **args)
     for epoch in (0, 1):

@@ -6,7 +6,7 @@ from torch import nn
 
 from ltray.data.prepare import sources
 from ltray.data.prepare.orchestrator import PrepareOptions, prepare
-from ltray.data.stream import StreamingImageDataset, build_transform, make_loader
+from ltray.data.stream import StreamingImageDataset, build_batch_transform, make_loader
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_a_small_cnn_learns_the_synthetic_set(tmp_path, one_thread):
     )  # fmt: skip
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     train = StreamingImageDataset(
-        out, "train", batch_size=32, transform=build_transform("cifar", 32, True)
+        out, "train", batch_size=32, transform=build_batch_transform("cifar", 32, True)
     )
     for epoch in range(6):
         train.set_epoch(epoch)

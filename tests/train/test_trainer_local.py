@@ -215,14 +215,14 @@ def test_the_second_stage_trains_the_head_on_augmented_images_of_a_frozen_backbo
     from ltray.train.checkpoint import CHECKPOINT_FILE, load_state
 
     datasets = []
-    original = trainer_module.Trainer._dataset
+    original = trainer_module.Trainer._input
 
-    def spy(self, split, train, batch_size=None, sampler=None):
-        dataset = original(self, split, train, batch_size, sampler)
-        datasets.append((split, train, dataset.sampler, dataset.batch_size))
-        return dataset
+    def spy(self, split, train, batch_size=None, sampler=None, workers=None):
+        source = original(self, split, train, batch_size, sampler, workers)
+        datasets.append((split, train, source.dataset.sampler, source.dataset.batch_size))
+        return source
 
-    monkeypatch.setattr(trainer_module.Trainer, "_dataset", spy)
+    monkeypatch.setattr(trainer_module.Trainer, "_input", spy)
     decoupled = {"epochs": 2, "batch_size": 32}
     job = make_job(tiny_data, tmp_path, loss={"name": method, "decoupled": decoupled})
     final = run_job(job, local=True).metrics

@@ -35,8 +35,8 @@ from ltray.data.decode import decode_rgb
 from ltray.data.manifest import Manifest, ShardInfo, read_manifest
 from ltray.data.shard_cache import ShardCache
 from ltray.data.stream import order, partition, samplers
+from ltray.data.stream.batch_augment import BatchTransform
 from ltray.data.stream.read_ahead import read_ahead
-from ltray.data.stream.transforms import Transform
 from ltray.errors import LtrayError
 from ltray.fs import StorageOptions
 
@@ -46,6 +46,11 @@ _OPEN_SHARDS = 4
 # trainer builds its training dataset afresh each epoch
 _LABELS: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
 _LABELS_KEPT = 4
+
+
+def undecodable(shard_path: str, row_id: str, reason: str) -> LtrayError:
+    """The one error for an image no decoder takes, naming its shard and row."""
+    return LtrayError(f"shard {shard_path}: row {row_id!r}: image does not decode ({reason})")
 
 
 def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
@@ -301,7 +306,9 @@ class StreamingImageDataset(IterableDataset):
     Each item is a dict: ``image`` uint8 [B, 3, H, W] (H = W = the transform's size; without a
     transform all images of a batch must share a size), ``label`` int64 [B], ``index`` int64
     [B] (global row index in the split). With ``decode=False`` ``image`` is the list of encoded
-    bytes instead (for benchmarks of the streaming path alone).
+    bytes instead, and ``batch`` (the canonical batch index, which seeds the augmentation) and
+    ``where`` ((shard path, row id) of each image) come with it: for the GPU decode path
+    (:mod:`ltray.train.input_path`) and benchmarks of the streaming path alone.
 
     The rank's batch count may differ from another rank's by one (row stretches differ by at
     most one row); ``drop_last=True`` gives every rank the same number of full batches, and
@@ -324,7 +331,7 @@ class StreamingImageDataset(IterableDataset):
         seed: int = 0,
         shuffle: bool = True,
         shuffle_buffer: int = 8192,
-        transform: Transform | None = None,
+        transform: BatchTransform | None = None,
         storage_options: StorageOptions = None,
         verify_sha256: bool = False,
         drop_last: bool = False,
@@ -500,20 +507,24 @@ class StreamingImageDataset(IterableDataset):
         entries = [held.take(int(r)) for r in rows]
         labels = torch.tensor([e[1] for e in entries], dtype=torch.int64)
         index = torch.from_numpy(np.asarray(rows, dtype=np.int64).copy())
-        if not self.decode:
-            return {"image": [e[0] for e in entries], "label": labels, "index": index}
-        generator = torch.Generator()
-        generator.manual_seed(batch_seed(self.seed, self.epoch, self.rank, batch_id))
+        if not self.decode:  # for the GPU decode path: what it needs to seed and to blame
+            return {
+                "image": [e[0] for e in entries],
+                "label": labels,
+                "index": index,
+                "batch": batch_id,
+                "where": [(self.shards[e[3]].path, e[2]) for e in entries],
+            }
         images = []
         for data, _, row_id, shard in entries:
             try:
-                image = decode_rgb(data)
+                images.append(decode_rgb(data))
             except ValueError as exc:
-                path = self.shards[shard].path
-                raise LtrayError(
-                    f"shard {path}: row {row_id!r}: image does not decode ({exc})"
-                ) from None
-            images.append(self.transform(image, generator) if self.transform else image)
+                raise undecodable(self.shards[shard].path, row_id, str(exc)) from None
+        if self.transform is not None:
+            generator = torch.Generator()
+            generator.manual_seed(batch_seed(self.seed, self.epoch, self.rank, batch_id))
+            return {"image": self.transform(images, generator), "label": labels, "index": index}
         if len({tuple(im.shape) for im in images}) > 1:
             raise LtrayError(
                 f"split {self.split!r}: images of different sizes in one batch "

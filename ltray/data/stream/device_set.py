@@ -44,7 +44,12 @@ BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 # rest to the model, its activations and the allocator's fragmentation
 FREE_SHARE = 0.25
 # what a user whose set cannot be held does instead
-STREAM_INSTEAD = "turn holding the data set on the device off to stream it instead"
+STREAM_INSTEAD = "set data.on_device: false to stream it instead"
+
+
+class NotHeldOnDevice(LtrayError):
+    """The split cannot be held on the device (images of several sizes, or too big): the
+    trainer then streams it, or refuses where holding it was asked for explicitly."""
 
 
 def nbytes_needed(manifest: Manifest, split: str, image_shape: tuple[int, ...]) -> int:
@@ -174,7 +179,7 @@ class DeviceImageSet:
                 self._check_fits(reader.manifest, first_shape)
                 images = torch.empty((n, *first_shape), dtype=torch.uint8)
             elif tuple(image.shape) != first_shape:
-                raise LtrayError(
+                raise NotHeldOnDevice(
                     f"split {self.split!r}: row {row} is {_shape_text(image.shape)}, row 0 "
                     f"{_shape_text(first_shape)}: a set held on the device needs images of "
                     f"one size; {STREAM_INSTEAD}"
@@ -188,7 +193,7 @@ class DeviceImageSet:
         caller's estimate may have assumed the training size)."""
         ok, reason = fits(self.device, nbytes_needed(manifest, self.split, image_shape))
         if not ok:
-            raise LtrayError(
+            raise NotHeldOnDevice(
                 f"split {self.split!r} of {_shape_text(image_shape)} images does not fit on the "
                 f"device: {reason}; {STREAM_INSTEAD}"
             )

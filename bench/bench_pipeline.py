@@ -1,0 +1,212 @@
+"""Does ltray's input keep the step busy? A real training step fed by ltray's pipeline from
+Parquet shards, beside the same model and step fed synthetic batches already on the device,
+in the same run.
+
+    python bench/bench_pipeline.py                          # CPU: small figures, every machine
+    python bench/bench_pipeline.py --device cuda --full     # GPU: ResNet-50 at 224, ResNet-32 at 32
+
+For each model the step (normalise, forward under the run's precision, cross-entropy,
+backward, fused SGD on GPUs, channels_last) is timed fed by:
+
+- ``synthetic``: one uint8 batch made on the device once (the step alone: the ceiling);
+- ``stream/<decode>``: :func:`ltray.train.input_path.open_split` streaming the shards, decoding
+  and augmenting on the GPU (nvjpeg) or in loader processes on the CPU;
+- ``device``: the split held on the device (:mod:`ltray.data.stream.device_set`), where it fits.
+
+``auto`` is what a training run picks on this device (for ResNet-50 the streamed feeds only:
+a set of ImageNet's size does not fit on the device, so streaming is what such runs use; the
+bench's small synthetic set would). The last line is the ratio that
+matters: images per second of the pipeline a run picks, over the synthetic feed (goal on a
+GPU: 0.95 or better for both models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ltray.config import DataConfig, ModelConfig, ScalingConfig
+from ltray.data import read_manifest
+from ltray.data.prepare import prepare, prepare_from, sources
+from ltray.errors import LtrayError
+from ltray.models import build_model
+from ltray.train.device import Normalizer, Placement
+from ltray.train.input_path import auto_loader_workers, open_split
+
+CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+CIFAR_COPY = Path(__file__).resolve().parents[1] / ".device-data" / "cifar10-jpeg.tar.gz"
+CIFAR_NORM = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+
+
+def prepared(cache: Path, name: str, make) -> str:
+    out = cache / name
+    try:
+        read_manifest(str(out))
+    except LtrayError:
+        print(f"preparing {out} ...", flush=True)
+        make(str(out))
+    return str(out)
+
+
+class Step:
+    """One training step of ``arch`` on uint8 batches: what ``ltray train`` does per batch."""
+
+    def __init__(self, arch: str, classes: int, device: torch.device, data: DataConfig) -> None:
+        model_cfg = ModelConfig(arch=arch)
+        self.placement = Placement.create(device, ScalingConfig(), model_cfg)
+        self.model = self.placement.prepare_module(build_model(model_cfg, classes))
+        fused = {"fused": True} if device.type == "cuda" else {}
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4, **fused
+        )
+        self.normalize = Normalizer(self.placement, data.mean, data.std)
+        self.device = device
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        x = self.normalize(images)
+        labels = labels.to(self.device, non_blocking=True)
+        with self.placement.autocast():
+            logits = self.model(x).logits
+        loss = F.cross_entropy(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+def images_per_s(step: Step, batches: Iterator[dict], warmup: int, steps: int) -> float:
+    """Steps ``warmup`` batches, then times ``steps`` more (device synchronised at both ends)."""
+    sync = torch.cuda.synchronize if step.device.type == "cuda" else (lambda: None)
+    for batch in itertools.islice(batches, warmup):
+        step(batch["image"], batch["label"])
+    sync()
+    start, seen = time.perf_counter(), 0
+    for batch in itertools.islice(batches, steps):
+        step(batch["image"], batch["label"])
+        seen += len(batch["label"])
+    sync()
+    return seen / (time.perf_counter() - start)
+
+
+def epochs_of(source) -> Iterator[dict]:
+    """Batches of epoch 0, 1, ... back to back (a run's stream, loader restarts included)."""
+    for epoch in itertools.count():
+        yield from source.epoch(epoch)
+
+
+def bench_model(
+    title: str,
+    arch: str,
+    url: str,
+    data: DataConfig,
+    batch: int,
+    device: torch.device,
+    warmup: int,
+    steps: int,
+    workers: int,
+    hold: bool = True,
+) -> dict[str, float]:
+    manifest = read_manifest(url)
+    step = Step(arch, manifest.num_classes, device, data)
+    size = data.image_size
+    fixed = {
+        "image": torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device),
+        "label": torch.randint(0, manifest.num_classes, (batch,), device=device),
+    }
+    rates = {"synthetic": images_per_s(step, itertools.repeat(fixed), warmup, steps)}
+    feeds = {
+        "auto": {},
+        "stream/gpu": {"decode": "gpu", "on_device": False},
+        "stream/cpu": {"decode": "cpu", "on_device": False},
+        "device": {"on_device": True},
+    }
+    if device.type != "cuda":
+        feeds.pop("stream/gpu")  # the same code as stream/cpu's decode, in a thread
+    if not hold:  # a set of ImageNet's size is streamed: measure that, not the held copy
+        feeds = {k: v for k, v in feeds.items() if k.startswith("stream")}
+    for name, options in feeds.items():
+        feed_data = data.model_copy(update={"url": url, **options})
+        try:
+            source = open_split(
+                feed_data, manifest, "train", train=True, device=device, workers=workers,
+                batch_size=batch, rank=0, world_size=1, seed=0, say=lambda line: None,
+            )  # fmt: skip
+        except LtrayError as exc:
+            print(f"  {name:<12} skipped: {exc}")
+            continue
+        label = f"{name} ({source.path})" if name == "auto" else name
+        rates[label] = images_per_s(step, epochs_of(source), warmup, steps)
+    print(f"\n{title}: batch {batch}, {workers} loader workers, {device}")
+    base = rates["synthetic"]
+    for name, rate in rates.items():
+        print(f"  {name:<16} {rate:9.0f} img/s   {rate / base:5.2f} of synthetic")
+    return {name: rate / base for name, rate in rates.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--full", action="store_true", help="ResNet-50 at 224 as well")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps (default per model)")
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (auto)")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/ltray-bench"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    workers = auto_loader_workers(1) if args.workers is None else args.workers
+    args.cache.mkdir(parents=True, exist_ok=True)
+    ratios: dict[str, dict[str, float]] = {}
+
+    archive = next((p for p in (CIFAR, CIFAR_COPY) if p.is_file()), None)
+    cifar_data = DataConfig(url="", image_size=32, augment="cifar", mean=CIFAR_NORM[0],
+                            std=CIFAR_NORM[1])  # fmt: skip
+    if archive is not None:
+        url = prepared(
+            args.cache,
+            "cifar10-lt-100",
+            lambda out: prepare_from(
+                lambda s: sources.cifar_lt(str(archive), s, imbalance=100), out
+            ),
+        )
+        title = "ResNet-32, CIFAR-10-LT IF 100 (32 px JPEG)"
+    else:
+        plan = sources.synthetic(classes=10, n_max=1200, imbalance=10.0, image_size=32)
+        url = prepared(args.cache, "synthetic-32px", lambda out: prepare(plan, out))
+        title = "ResNet-32, synthetic 32 px JPEG (no CIFAR archive here)"
+    steps = args.steps or (200 if on_gpu else 12)
+    batch = 128 if on_gpu else 64
+    ratios["resnet32"] = bench_model(
+        title, "resnet32", url, cifar_data, batch, device, steps // 4, steps, workers
+    )
+
+    if args.full:
+        side = 400  # a typical ImageNet photo's shorter side is 333-500 px
+        per_class = 60 if on_gpu else 4  # 6,000 images: 23 batches of 256 an epoch
+        plan = sources.synthetic(classes=100, n_max=per_class, imbalance=1.0, image_size=side,
+                                 test_per_class=0)  # fmt: skip
+        name = f"synthetic-{side}px-{per_class}"
+        url = prepared(args.cache, name, lambda out: prepare(plan, out))
+        data = DataConfig(url="", image_size=224, augment="imagenet")
+        steps = args.steps or (60 if on_gpu else 4)
+        ratios["resnet50"] = bench_model(
+            f"ResNet-50, synthetic {side} px JPEG at 224", "resnet50", url, data,
+            256 if on_gpu else 16, device, max(5, steps // 4), steps, workers, hold=False,
+        )  # fmt: skip
+
+    parts = []
+    for model, by_feed in ratios.items():
+        auto = next((k for k in by_feed if k.startswith("auto")), None)
+        if auto is not None:
+            parts.append(f"{model} {auto} {by_feed[auto]:.2f}")
+        if "stream/gpu" in by_feed:
+            parts.append(f"{model} stream/gpu {by_feed['stream/gpu']:.2f}")
+    print("\nratio (pipeline / synthetic, goal >= 0.95 on a GPU): " + "; ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
