@@ -18,7 +18,8 @@ and flip), in --processes CPU processes besides the one that iterates:
 
 Per epoch (a fresh iterator, as a trainer starts one each epoch; the figures include building
 it) it prints rows/s over the whole epoch, rows/s after the first batch, and the seconds to the
-first batch; each is the median of --repeats epochs after one warm-up epoch per side. Last,
+first batch; each is the median of --repeats epochs after one warm-up epoch per side, the two
+readers taking turns epoch by epoch (Ray runs throughout, as it does under Ray Train). Last,
 the ratio of the two readers' rows/s over the whole epoch. (Where Ray Data decodes the set in
 one task, its first batch comes when the task ends: its "steady" figure is then only the copy
 of finished batches to the driver.) Without Ray installed it says so and exits 0.
@@ -31,6 +32,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -95,14 +97,22 @@ def start_ray(cpus: int) -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
 
 
-def median_epoch(batches: Callable[[], Iterable[dict]], repeats: int, rows: int) -> Epoch:
-    """The median epoch by rows/s of ``repeats`` after one warm-up."""
-    timed_epoch(batches)
-    runs = sorted((timed_epoch(batches) for _ in range(repeats)), key=Epoch.rate)
-    assert all(run.rows == rows for run in runs), f"an epoch did not give all {rows} rows"
-    return runs[len(runs) // 2]
+def median_epochs(
+    readers: list[Callable[[], Iterable[dict]]], repeats: int, rows: int
+) -> list[Epoch]:
+    """Each reader's median epoch by rows/s of ``repeats`` after one warm-up; the readers take
+    turns, epoch by epoch, so that both meet the same load of a shared machine."""
+    runs: list[list[Epoch]] = [[] for _ in readers]
+    for repeat in range(repeats + 1):
+        for reader, kept in zip(readers, runs, strict=True):
+            run = timed_epoch(reader)
+            assert run.rows == rows, f"an epoch gave {run.rows} rows, not {rows}"
+            if repeat:
+                kept.append(run)
+    return [sorted(kept, key=Epoch.rate)[len(kept) // 2] for kept in runs]
 
 
 def line(label: str, run: Epoch) -> None:
@@ -137,19 +147,21 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.processes} processes each; median of {args.repeats} epochs"
     )
     print(f"  {'':<46} {'rows/s':>9} {'steady':>9} {'first s':>7}")
-    epochs = iter(range(1, 1_000_000))
-    ours = median_epoch(
-        lambda: ltray_batches(url, args.batch_size, args.processes, next(epochs)),
-        args.repeats,
-        rows,
-    )
-    line(f"ltray StreamingImageDataset, {args.processes} loader workers", ours)
     bins = "128"
     if args.ray_bin_mb:  # read where the read tasks are planned: in Ray's workers too
         os.environ["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(int(args.ray_bin_mb * 2**20))
         bins = f"{args.ray_bin_mb:g}"
     start_ray(args.processes)
-    theirs = median_epoch(lambda: ray_data_batches(paths, args.batch_size), args.repeats, rows)
+    epochs = iter(range(1, 1_000_000))
+    ours, theirs = median_epochs(
+        [
+            lambda: ltray_batches(url, args.batch_size, args.processes, next(epochs)),
+            lambda: ray_data_batches(paths, args.batch_size),
+        ],
+        args.repeats,
+        rows,
+    )
+    line(f"ltray StreamingImageDataset, {args.processes} loader workers", ours)
     line(f"Ray Data, {args.processes} CPUs, read tasks <= {bins} MiB", theirs)
     print(
         f"ratio ltray/ray_data = {ours.rate() / theirs.rate():.2f} "
