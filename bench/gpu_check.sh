@@ -131,8 +131,10 @@ else  # in what is left of the 9 minutes
         "$PY" bench/bench_uniformity.py --device cuda --classes 8142 --fused off
 fi
 for bench in scaling stream; do
-    if "$PY" -c "import ray" 2>/dev/null; then
-        run "$bench" 120 "$PY" "bench/bench_$bench.py" $([ "$QUICK" = 1 ] && echo --quick)
+    if [ "$QUICK" = 1 ]; then
+        note "- $bench: skipped in quick mode (tests/test_bench_scripts.py runs it)"
+    elif "$PY" -c "import ray" 2>/dev/null; then
+        run "$bench" 120 "$PY" "bench/bench_$bench.py" $([ "$DEVICE" = cuda ] && [ "$bench" = scaling ] && echo --use-gpu)
     else
         note "- $bench: skipped: ray is not installed here"
     fi
