@@ -186,7 +186,7 @@ def main() -> None:
 
     if args.full:
         side = 400  # a typical ImageNet photo's shorter side is 333-500 px
-        per_class = 60 if on_gpu else 4  # 6,000 images: 23 batches of 256 an epoch
+        per_class = 20 if on_gpu else 4  # 2,000 images: 8 batches of 256 an epoch
         plan = sources.synthetic(classes=100, n_max=per_class, imbalance=1.0, image_size=side,
                                  test_per_class=0)  # fmt: skip
         name = f"synthetic-{side}px-{per_class}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one GPU check: everything GPU-related ltray measures, in one call of at most 9 minutes,
-# results under OUT (argument or $OUT; default ./gpu-check-out): summary.md, and a log a part.
+# results under OUT (argument or $OUT; default ./gpu-check-out): summary.md, and logs.tar.gz with
+# a log a part (one file: the device tool brings back only a few files).
 #
 #   1. the device (nvidia-smi, torch, what is installed);
 #   2. the tests that need CUDA (nvjpeg against the CPU decoder, the augmentation on the GPU,
@@ -13,6 +14,9 @@
 #   7. the reproduction: ce, balanced_softmax, dr and dr with prior_tau on CIFAR-10-LT IF 100,
 #      200 epochs, jobs/cifar10_lt.yaml's protocol, the four side by side on the one GPU.
 #
+# GPU_CHECK_PARTS picks parts (default "tests syncs repro bench"). On an H100 the four 200-epoch
+# runs take about 8 minutes (dr: 2.4 s an epoch, 4 side by side), so a 15-minute device budget
+# runs "tests syncs repro" in one call and "bench" in a second.
 # On the CPU it runs too: GPU_CHECK_QUICK=1 shrinks every part to seconds (tests/test_gpu_check.py
 # runs it so), and the parts that need CUDA say so and skip.
 # Needs python3 with torch, torchvision, pyarrow, fsspec, typer, rich, pyyaml. What a bare GPU box
@@ -21,21 +25,26 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=$(realpath -m "${1:-${OUT:-$PWD/gpu-check-out}}")
-mkdir -p "$OUT"
+LOGS=$OUT/logs
+mkdir -p "$LOGS"
 PY=${PYTHON:-python3}
 if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import pydantic" 2>/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/gpu-check-site .whl/*.whl > "$OUT/pip.txt" 2>&1
+        --target /tmp/gpu-check-site .whl/*.whl > "$LOGS/pip.txt" 2>&1
     export PYTHONPATH=/tmp/gpu-check-site:$PWD
 else
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1
-ltray() { "$PY" -c 'import sys; from ltray.cli import app; sys.argv[0] = "ltray"; app()' "$@"; }
+# `ltray` as a command (not a shell function: `timeout` runs commands), from this checkout
+LTRAY=("$PY" -c 'import sys; from ltray.cli import app; sys.argv[0] = "ltray"; app()')
 QUICK=${GPU_CHECK_QUICK:-0}
 DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 SUMMARY=$OUT/summary.md
 started=$(date +%s)
+PARTS=" ${GPU_CHECK_PARTS:-tests syncs repro bench} "
+part() { [[ "$PARTS" == *" $1 "* ]]; }
+left() { echo $(( ${GPU_CHECK_SECONDS:-540} - $(elapsed) )); }
 elapsed() { echo $(( $(date +%s) - started )); }
 note() { echo "$*" | tee -a "$SUMMARY"; }
 # run NAME SECONDS CMD...: one part, its log under OUT, its status in the summary
@@ -43,86 +52,89 @@ run() {
     local name=$1 limit=$2; shift 2
     local t0; t0=$(date +%s)
     echo "== $name (limit ${limit}s, at $(elapsed)s)"
-    timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+    timeout "$limit" "$@" > "$LOGS/$name.txt" 2>&1
     local rc=$?
-    tail -n 25 "$OUT/$name.txt"
+    tail -n 25 "$LOGS/$name.txt"
     note "- $name: exit $rc in $(( $(date +%s) - t0 ))s (log $name.txt)"
     return $rc
 }
 
 : > "$SUMMARY"
-note "# ltray GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+note "# ltray GPU check, $(date -u '+%Y-%m-%d %H:%M UTC')"
 { nvidia-smi || true
   "$PY" -c "import sys, os, torch, torchvision; print('python', sys.version.split()[0], 'torch',
 torch.__version__, 'torchvision', torchvision.__version__, 'cpus', len(os.sched_getaffinity(0)),
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
-} > "$OUT/device.txt" 2>&1
-note "- device: $(tail -n 1 "$OUT/device.txt")"
+} > "$LOGS/device.txt" 2>&1
+note "- device: $(tail -n 1 "$LOGS/device.txt")"
 
 archive=.device-data/cifar10-jpeg.tar.gz
 [ -f "$archive" ] || archive=../shared/data/cifar10-jpeg.tar.gz
 data=/tmp/gpu-check-cifar10-lt
 if [ -f "$archive" ]; then
-    run prepare 120 ltray prepare cifar-lt "$archive" "$data" --imbalance 100 --val-per-class 50
+    run prepare 120 "${LTRAY[@]}" prepare cifar-lt "$archive" "$data" --imbalance 100 --val-per-class 50
 else
     note "- prepare: skipped: no CIFAR-10 archive in .device-data/ or ../shared/data/"
     data=
 fi
 
-if "$PY" -c "import pytest" 2>/dev/null; then
+if ! part tests; then :
+elif "$PY" -c "import pytest" 2>/dev/null; then
     run cuda-tests 120 "$PY" -m pytest -q -p no:cacheprovider --noconftest \
-        tests/data/test_gpu_decode.py tests/data/test_batch_augment.py tests/train/test_input_path.py
+        tests/data/test_gpu_decode.py tests/data/test_batch_augment.py \
+        tests/train/test_input_path.py tests/train/test_sync_check.py
 else
     note "- cuda-tests: skipped: pytest is not installed (bench/fetch_wheels.sh puts it in .whl/)"
 fi
 
-if [ -n "$data" ]; then
 common=(--local --set data.url="$data" --set tracking.uri=none --fresh)
 quick=(); [ "$QUICK" = 1 ] && quick=(--set schedule.epochs=2 --set schedule.max_steps_per_epoch=3
     --set schedule.max_eval_batches=2 --set schedule.eval_every=1 --set optim.batch_size=16)
+syncs_seen() { cat "$@" | grep -c "called a synchronizing CUDA operation"; }
 
-# 6. no host synchronisation inside the loop: torch warns at each one (once per place)
-LTRAY_SYNC_DEBUG=warn run host-syncs 90 ltray train jobs/cifar10_lt.yaml "${common[@]}" \
-    --set storage.url=/tmp/gpu-check-syncs --set data.on_device=false --set schedule.epochs=1 \
-    --set schedule.max_steps_per_epoch=40 --set schedule.max_eval_batches=2 "${quick[@]}"
-syncs=$(grep -c "called a synchronizing CUDA operation" "$OUT/host-syncs.txt")
-note "- host synchronisations reported inside the step loop (GPU decode path): $syncs"
-
-# 7. the reproduction, four runs side by side
-# what is left of 9 minutes, less 100 s for the benchmarks after it
-budget=$(( ${GPU_CHECK_SECONDS:-540} - $(elapsed) - 100 ))
-note "- reproduction: $budget s left for it"
-runs=(ce balanced_softmax dr dr-prior)
-for name in "${runs[@]}"; do
-    sets=(--set loss.name="${name%-prior}")
-    [ "$name" = dr-prior ] && sets+=(--set loss.prior_tau=1.0)
-    LTRAY_SYNC_DEBUG=warn timeout "$budget" ltray train jobs/cifar10_lt.yaml "${common[@]}" \
-        --set storage.url=/tmp/gpu-check-runs "${sets[@]}" "${quick[@]}" \
-        > "$OUT/repro-$name.txt" 2>&1 &
-done
-wait
-{ echo
-  echo "| loss | test top-1 | many | medium | few | mean epoch s (img/s) | epochs done |"
-  echo "| --- | --- | --- | --- | --- | --- | --- |"
-  for name in "${runs[@]}"; do
-      "$PY" bench/repro_row.py "$name" "$OUT/repro-$name.txt" "$data"
-  done
-  echo
-  echo "host synchronisations reported in the reproduction runs: $(cat "$OUT"/repro-*.txt | grep -c "called a synchronizing CUDA operation")"
-  echo "at $(elapsed)s"
-} | tee -a "$SUMMARY"
-else
-    note "- host-syncs, reproduction: skipped: no data"
+# 6. no host synchronisation inside the step loop: torch warns at each one (once per place)
+if part syncs && [ -n "$data" ]; then
+    LTRAY_SYNC_DEBUG=warn run host-syncs 90 "${LTRAY[@]}" train jobs/cifar10_lt.yaml \
+        "${common[@]}" --set storage.url=/tmp/gpu-check-syncs --set data.on_device=false \
+        --set schedule.epochs=1 --set schedule.max_steps_per_epoch=40 \
+        --set schedule.max_eval_batches=2 "${quick[@]}"
+    note "- host synchronisations reported in the step loop (GPU decode path, from its third" \
+        "step): $(syncs_seen "$LOGS/host-syncs.txt")"
 fi
 
-# 3-5. the benchmarks, after the reproduction: it is what the check is for
-if [ "$QUICK" = 1 ]; then
+# 7. the reproduction, four runs side by side, in what is left (less 100 s for the benchmarks)
+if part repro && [ -n "$data" ]; then
+    budget=$(( $(left) - $(part bench && echo 100 || echo 10) ))
+    note "- reproduction: $budget s left for it"
+    runs=(ce balanced_softmax dr dr-prior)
+    for name in "${runs[@]}"; do
+        sets=(--set loss.name="${name%-prior}")
+        [ "$name" = dr-prior ] && sets+=(--set loss.prior_tau=1.0)
+        LTRAY_SYNC_DEBUG=warn timeout "$budget" "${LTRAY[@]}" train jobs/cifar10_lt.yaml \
+            "${common[@]}" --set storage.url=/tmp/gpu-check-runs "${sets[@]}" "${quick[@]}" \
+            > "$LOGS/repro-$name.txt" 2>&1 &
+    done
+    wait
+    { echo
+      echo "| loss | test top-1 | many | medium | few | mean epoch s (img/s) | epochs done |"
+      echo "| --- | --- | --- | --- | --- | --- | --- |"
+      for name in "${runs[@]}"; do
+          "$PY" bench/repro_row.py "$name" "$LOGS/repro-$name.txt" "$data"
+      done
+      echo
+      echo "host synchronisations reported in the reproduction's step loops (held on the" \
+          "device, from the third step): $(syncs_seen "$LOGS"/repro-*.txt)"
+      echo "at $(elapsed)s"
+    } | tee -a "$SUMMARY"
+fi
+
+# 3-5. the benchmarks, in what is left of the 9 minutes
+if part bench && [ "$QUICK" = 1 ]; then
     run pipeline 240 "$PY" bench/bench_pipeline.py --device "$DEVICE" --steps 4 --workers 1 \
         --cache /tmp/gpu-check-bench
     run uniformity 120 "$PY" bench/bench_uniformity.py --device "$DEVICE" --classes 256 \
         --batch 2 --image-size 64 --repeats 1
-else  # in what is left of the 9 minutes
-    left() { echo $(( ${GPU_CHECK_SECONDS:-540} - $(elapsed) )); }
+elif part bench; then
     run pipeline $(( $(left) > 150 ? 120 : $(left) - 30 )) "$PY" bench/bench_pipeline.py \
         --device "$DEVICE" --full --cache /tmp/gpu-check-bench
     run uniformity $(( $(left) - 15 )) "$PY" bench/bench_uniformity.py --device "$DEVICE" \
@@ -131,13 +143,16 @@ else  # in what is left of the 9 minutes
         "$PY" bench/bench_uniformity.py --device cuda --classes 8142 --fused off
 fi
 for bench in scaling stream; do
-    if [ "$QUICK" = 1 ]; then
+    if ! part bench; then :
+    elif [ "$QUICK" = 1 ]; then
         note "- $bench: skipped in quick mode (tests/test_bench_scripts.py runs it)"
     elif "$PY" -c "import ray" 2>/dev/null; then
-        run "$bench" 120 "$PY" "bench/bench_$bench.py" $([ "$DEVICE" = cuda ] && [ "$bench" = scaling ] && echo --use-gpu)
+        gpu=(); [ "$DEVICE" = cuda ] && [ "$bench" = scaling ] && gpu=(--use-gpu)
+        run "$bench" 120 "$PY" "bench/bench_$bench.py" "${gpu[@]}"
     else
         note "- $bench: skipped: ray is not installed here"
     fi
 done
 
-echo "results in $OUT"
+tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -r "$LOGS"
+echo "results in $OUT: summary.md, logs.tar.gz"

@@ -60,11 +60,12 @@ class FeatureNormLoss(nn.Module):
 
     @torch.no_grad()
     def _init_radius(self, norms: Tensor) -> None:
-        if not bool(self.radius_initialised):  # a checkpoint may already have set it
-            mean = norms.detach().mean()
-            if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(mean)
-                mean /= dist.get_world_size()
-            self.radius.copy_(mean)
-            self.radius_initialised.fill_(True)
+        mean = norms.detach().mean()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(mean)
+            mean /= dist.get_world_size()
+        # a checkpoint may have set it already: chosen on the device, without reading the flag
+        # (a read would synchronise the host with the GPU inside the step)
+        self.radius.copy_(torch.where(self.radius_initialised, self.radius, mean))
+        self.radius_initialised.fill_(True)
         self._initialised = True

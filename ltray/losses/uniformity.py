@@ -136,7 +136,8 @@ def _reduce(total: Tensor, n_pairs: int, kind: str) -> tuple[Tensor, Tensor]:
     """(loss, dloss/dtotal) from the sum of the potential over all pairs."""
     if kind == "gaussian":
         return (total / n_pairs).log(), 1.0 / total
-    return total / n_pairs, total.new_tensor(1.0 / n_pairs)
+    # torch.full, not new_tensor: a Python number copied to a GPU would synchronise the host
+    return total / n_pairs, torch.full((), 1.0 / n_pairs, dtype=total.dtype, device=total.device)
 
 
 def _check(unit: Tensor, kind: str) -> None:

@@ -65,15 +65,38 @@ class Normalizer:
         return (images.float() - self.mean) / self.std
 
 
-@contextlib.contextmanager
-def host_syncs_checked(device: torch.device, mode: str | None) -> Iterator[None]:
-    """Within: torch's check of host synchronisations (``torch.cuda.set_sync_debug_mode``:
-    "warn" or "error") on a CUDA device; off again after. None or a CPU device: nothing."""
-    if mode is None or device.type != "cuda":
-        yield
-        return
-    torch.cuda.set_sync_debug_mode(mode)
-    try:
-        yield
-    finally:
+class SyncCheck:
+    """torch's check of host synchronisations (``torch.cuda.set_sync_debug_mode``: "warn" or
+    "error") over a loop on a CUDA device, from its ``warmup``-th step on: the first steps
+    may synchronise once by design (a lazily initialised buffer, torch.compile's first call).
+    ``paused()`` lifts it around a read the loop makes on purpose. Without a mode, or on the
+    CPU, it does nothing."""
+
+    def __init__(self, device: torch.device, mode: str | None, warmup: int = 2) -> None:
+        self.active = mode is not None and device.type == "cuda"
+        self.mode = mode
+        self.warmup = warmup
+
+    def at(self, step: int) -> None:
+        """Called at the start of the loop's ``step``-th step (0: the first)."""
+        if self.active and step == self.warmup:
+            torch.cuda.set_sync_debug_mode(self.mode)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        if not self.active:
+            yield
+            return
+        previous = torch.cuda.get_sync_debug_mode()
         torch.cuda.set_sync_debug_mode(0)
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+
+    def __enter__(self) -> SyncCheck:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            torch.cuda.set_sync_debug_mode(0)

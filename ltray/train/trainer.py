@@ -43,7 +43,7 @@ from ltray.tracking import make_tracker
 from ltray.train.classifier_stage import RETRAINED, retrain_classifier
 from ltray.train.classifier_stage import SAMPLER as STAGE2_SAMPLER
 from ltray.train.decoupled import accuracy, collect_features, tau_norm
-from ltray.train.device import Normalizer, Placement, host_syncs_checked, wants_gpu
+from ltray.train.device import Normalizer, Placement, SyncCheck, wants_gpu
 from ltray.train.divergence import (
     NonFiniteLoss,
     first_bad_step,
@@ -66,8 +66,9 @@ from ltray.train.session import LocalSession, RaySession, Session, fetch_secrets
 from ltray.train.storage import Storage
 
 FAILURE_FILE = "failure.txt"
-# "warn" or "error": torch reports any host synchronisation inside the step loop on a GPU
-# (bench/gpu_check.sh sets it; the loop reads the device only at log_every_steps)
+# "warn" or "error": torch reports any host synchronisation inside the step loop on a GPU,
+# from its third step on (bench/gpu_check.sh sets it; the loop reads the device only at
+# log_every_steps, and a mid-epoch checkpoint's save)
 SYNC_DEBUG_ENV = "LTRAY_SYNC_DEBUG"
 
 
@@ -284,7 +285,7 @@ class Trainer:
         check_every = self.job.schedule.log_every_steps
         save_every = self.job.storage.checkpoint_every_steps
         device = self.placement.device
-        sync_debug = os.environ.get(SYNC_DEBUG_ENV)
+        sync_check = SyncCheck(device, os.environ.get(SYNC_DEBUG_ENV))
 
         partial = resume.get("partial", {}) if self.rank == 0 else {}
         # running sums; a mid-epoch checkpoint saves them summed over ranks, restored on rank 0
@@ -297,10 +298,11 @@ class Trainer:
         elapsed_before = float(resume.get("partial", {}).get("elapsed", 0.0))
         started = time.perf_counter()
         batches = source.epoch(epoch, start_batch)
-        with contextlib.closing(batches), host_syncs_checked(device, sync_debug):
+        with contextlib.closing(batches), sync_check:
             for step, batch in enumerate(batches, start=start_batch):
                 if step >= steps:
                     break
+                sync_check.at(step - start_batch)
                 lr = lr_at(epoch + (step + 1) / steps, self.peak_lr, self.job.schedule)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
@@ -325,13 +327,14 @@ class Trainer:
                 save = save_every is not None and done % save_every == 0 and done < steps
                 if done % check_every == 0 or save:
                     # the one read of the device per logging interval
-                    with host_syncs_checked(device, None if sync_debug is None else "default"):
+                    with sync_check.paused():
                         diverged = first_bad_step(bad_step, self.distributed) is not None
                     if diverged:
                         break  # every rank stops here, so collectives stay matched
                 if save:
                     elapsed = elapsed_before + time.perf_counter() - started
-                    self._save_mid_epoch(epoch, done, workers, seen, term_sums, elapsed)
+                    with sync_check.paused():  # it reads the sums and saves the state
+                        self._save_mid_epoch(epoch, done, workers, seen, term_sums, elapsed)
         elapsed = elapsed_before + time.perf_counter() - started
 
         raise_if_any_rank_diverged(epoch, bad_step, self.distributed)

@@ -1,0 +1,60 @@
+"""bench/gpu_check.sh in its CPU mode, end to end, so the one prepared GPU check cannot rot.
+
+It runs as on a bare GPU box: ``ltray`` is not on PATH (the script calls it through the
+checkout), and its parts skip with a reason where they need CUDA. With ../shared/data's
+CIFAR-10 archive the training parts run (two-epoch cuts); without it they say they skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_in_cpu_mode_and_writes_its_summary_and_logs(tmp_path):
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "PATH": "/usr/bin:/bin",  # no venv `ltray`: the script must not need one
+        "PYTHON": sys.executable,
+        "GPU_CHECK_QUICK": "1",
+        "TMPDIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh"), str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = (out / "summary.md").read_text()
+    assert "no CUDA device" in summary
+    for part in ("cuda-tests", "pipeline", "uniformity"):
+        assert f"- {part}: exit 0 in " in summary, summary
+    with tarfile.open(out / "logs.tar.gz") as logs:
+        names = set(logs.getnames())
+    assert {"logs/pipeline.txt", "logs/uniformity.txt", "logs/cuda-tests.txt"} <= names
+    assert "ratio (pipeline / synthetic" in _member(out, "logs/pipeline.txt")
+    if "prepare: skipped" in summary:
+        return
+    assert "host synchronisations reported in the step loop" in summary
+    rows = [line for line in summary.splitlines() if line.startswith("| ")][2:]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| ce", "| balanced_softmax", "| dr", "| dr-prior"
+    ]  # fmt: skip
+    for row in rows:  # every run finished its two epochs and printed its test accuracy
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[-1] == "2" and float(cells[1]) >= 0.0, row
+
+
+def _member(out: Path, name: str) -> str:
+    with tarfile.open(out / "logs.tar.gz") as logs:
+        member = logs.extractfile(name)
+        assert member is not None
+        return member.read().decode()
