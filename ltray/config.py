@@ -462,8 +462,8 @@ class JobConfig(Section):
         Re-submitting the same job resumes; changing a hyper-parameter starts a new run. Of
         the scaling section, the worker count (it sets the global batch and the scaled lr) and
         the precision (bf16 and fp32 train differently) count; where the run's storage and
-        tracking live, how it is submitted, loader processes and credentials do not (same run,
-        other cluster).
+        tracking live, how it is submitted, loader processes, where images are decoded or held,
+        and credentials do not (same run, other cluster).
         """
         shaping = self.model_dump(
             mode="json",
@@ -472,7 +472,9 @@ class JobConfig(Section):
         shaping["data"].pop("storage_options", None)
         # new credentials for the same data set: the same run
         shaping["data"]["url"] = public_url(self.data.url)
-        shaping["data"].pop("loader_workers", None)
+        # how batches are read and decoded: the same batches either way (ltray.train.input_path)
+        for how in ("loader_workers", "decode", "on_device"):
+            shaping["data"].pop(how, None)
         shaping["scaling"] = {
             "num_workers": self.scaling.num_workers,
             "precision": self.scaling.precision,

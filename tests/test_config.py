@@ -125,8 +125,10 @@ def test_run_name_is_deterministic_and_ignores_where_it_runs():
 def test_run_name_changes_with_what_changes_the_result(scaling):
     base = validate_job(minimal())
     assert validate_job(minimal(scaling=scaling)).run_name() != base.run_name()
+    how = {"loader_workers": "auto", "decode": "gpu", "on_device": False}  # same batches
     same = minimal(
-        scaling={"max_failures": 0, "cpus_per_worker": 2}, data={"url": "./d", "loader_workers": 5}
+        scaling={"max_failures": 0, "cpus_per_worker": 2, "compile": True},
+        data={"url": "./d", **how},
     )
     assert validate_job(same).run_name() == base.run_name()
 

@@ -67,7 +67,8 @@ class SplitInput:
 
     ``epoch(e, start_batch)`` yields dicts with ``image`` (uint8 [B, 3, S, S]; on the device
     except on the ``cpu`` path) and ``label`` (int64 [B]), from canonical batch ``start_batch``
-    on. ``fallback`` counts, by reason, the images the ``gpu`` path decoded on the CPU.
+    on. ``fallback`` counts, by reason, the images of the batches yielded so far that the
+    ``gpu`` path decoded on the CPU.
     """
 
     def __init__(
@@ -96,7 +97,15 @@ class SplitInput:
         loader = make_loader(self.dataset, num_workers=self.workers, pin_memory=cuda)
         if self.path == "cpu":
             return iter(loader)
-        return _prefetched(iter(loader), self._decode_on_device, self.device)
+        return self._counted(_prefetched(iter(loader), self._decode_on_device, self.device))
+
+    def _counted(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Batches as they reach the step, their CPU fallbacks counted then (the thread
+        decodes batches ahead that an early stop never uses)."""
+        with contextlib.closing(batches):
+            for batch in batches:
+                self.fallback.update(batch.pop("fallback"))
+                yield batch
 
     def _decode_on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Encoded bytes -> the augmented uint8 batch on the device (the ``gpu`` path)."""
@@ -105,7 +114,6 @@ class SplitInput:
         except UndecodableImage as exc:
             shard, row = batch["where"][exc.position]
             raise undecodable(shard, row, exc.reason) from None
-        self.fallback.update(decoded.fallback)
         dataset = self.dataset
         generator = torch.Generator()
         generator.manual_seed(batch_seed(dataset.seed, dataset.epoch, dataset.rank, batch["batch"]))
@@ -113,6 +121,7 @@ class SplitInput:
             "image": dataset.transform(decoded.images, generator),
             "label": to_device(batch["label"], self.device),
             "index": batch["index"],
+            "fallback": decoded.fallback,
         }
 
 

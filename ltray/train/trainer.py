@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import os
 import time
@@ -299,9 +300,9 @@ class Trainer:
         started = time.perf_counter()
         batches = source.epoch(epoch, start_batch)
         with contextlib.closing(batches), sync_check:
-            for step, batch in enumerate(batches, start=start_batch):
-                if step >= steps:
-                    break
+            # at most `steps` in all: a capped epoch takes no batch it will not train on
+            taken = itertools.islice(batches, max(0, steps - start_batch))
+            for step, batch in enumerate(taken, start=start_batch):
                 sync_check.at(step - start_batch)
                 lr = lr_at(epoch + (step + 1) / steps, self.peak_lr, self.job.schedule)
                 for group in self.optimizer.param_groups:

@@ -249,3 +249,29 @@ def test_the_second_stage_trains_the_head_on_augmented_images_of_a_frozen_backbo
         radius = norms.min() + 0.1 * (norms.max() - norms.min())
         assert final["stage2/max_norm_radius"] == pytest.approx(radius.item(), rel=1e-6)
         assert after["head.weight"].norm(dim=1).max() <= radius * (1 + 1e-6)
+
+
+def test_images_the_gpu_decoder_refuses_are_counted_and_said_each_epoch(
+    tiny_data, tmp_path, monkeypatch, capsys
+):
+    """The GPU decode path (run on the CPU here) reports the images it decoded on the CPU:
+    a per-epoch metric and one line, by reason."""
+    import collections
+
+    from ltray.data.gpu_decode import DecodedBatch
+    from ltray.data.gpu_decode import decode_batch as real_decode
+    from ltray.train import input_path
+
+    def one_png_a_batch(images, device):
+        return DecodedBatch(real_decode(images, device).images, collections.Counter(png=1))
+
+    monkeypatch.setattr(input_path, "decode_batch", one_png_a_batch)
+    job = make_job(tiny_data, tmp_path, data={"decode": "gpu"}, tracking={"uri": "none"})
+    run_job(job, local=True)
+    said = [line for line in capsys.readouterr().out.splitlines() if "decoded on the CPU" in line]
+    # 3 training batches an epoch (max_steps_per_epoch), one "PNG" each
+    assert said == [
+        f"[ltray] epoch {e}: 3 images decoded on the CPU, not the GPU (3 png)" for e in (0, 1)
+    ]
+    history = local_state(job)["history"]
+    assert [r["train/decoded_on_cpu"] for r in history] == [3.0, 3.0]
