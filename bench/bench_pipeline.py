@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_data import dataset  # noqa: E402 - bench/ is the script's folder, on sys.path
 
 from ltray.config import DataConfig, ModelConfig, ScalingConfig
 from ltray.data import read_manifest
@@ -42,16 +43,6 @@ from ltray.train.input_path import auto_loader_workers, open_split
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 CIFAR_COPY = Path(__file__).resolve().parents[1] / ".device-data" / "cifar10-jpeg.tar.gz"
 CIFAR_NORM = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-
-
-def prepared(cache: Path, name: str, make) -> str:
-    out = cache / name
-    try:
-        read_manifest(str(out))
-    except LtrayError:
-        print(f"preparing {out} ...", flush=True)
-        make(str(out))
-    return str(out)
 
 
 class Step:
@@ -166,7 +157,7 @@ def main() -> None:
     cifar_data = DataConfig(url="", image_size=32, augment="cifar", mean=CIFAR_NORM[0],
                             std=CIFAR_NORM[1])  # fmt: skip
     if archive is not None:
-        url = prepared(
+        url = dataset(
             args.cache,
             "cifar10-lt-100",
             lambda out: prepare_from(
@@ -176,7 +167,7 @@ def main() -> None:
         title = "ResNet-32, CIFAR-10-LT IF 100 (32 px JPEG)"
     else:
         plan = sources.synthetic(classes=10, n_max=1200, imbalance=10.0, image_size=32)
-        url = prepared(args.cache, "synthetic-32px", lambda out: prepare(plan, out))
+        url = dataset(args.cache, "synthetic-32px", lambda out: prepare(plan, out))
         title = "ResNet-32, synthetic 32 px JPEG (no CIFAR archive here)"
     steps = args.steps or (200 if on_gpu else 12)
     batch = 128 if on_gpu else 64
@@ -190,7 +181,7 @@ def main() -> None:
         plan = sources.synthetic(classes=100, n_max=per_class, imbalance=1.0, image_size=side,
                                  test_per_class=0)  # fmt: skip
         name = f"synthetic-{side}px-{per_class}"
-        url = prepared(args.cache, name, lambda out: prepare(plan, out))
+        url = dataset(args.cache, name, lambda out: prepare(plan, out))
         data = DataConfig(url="", image_size=224, augment="imagenet")
         steps = args.steps or (60 if on_gpu else 4)
         ratios["resnet50"] = bench_model(

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from ltray.data.manifest import Manifest
-from ltray.data.shard_cache import ShardCache
 from ltray.data.stream import order
 from ltray.data.stream.dataset import (
     StreamingImageDataset,
@@ -35,7 +34,6 @@ from ltray.data.stream.dataset import (
     make_loader,
 )
 from ltray.errors import LtrayError
-from ltray.fs import StorageOptions
 
 # (uint8 [B, 3, H, W] on the device, CPU generator) -> uint8 [B, 3, S, S] on the device
 BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -100,47 +98,19 @@ class DeviceImageSet:
         split: str,
         *,
         device: torch.device | str,
-        batch_size: int,
         num_workers: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        shuffle: bool = True,
-        shuffle_buffer: int = 8192,
         transform: BatchTransform | None = None,
-        storage_options: StorageOptions = None,
-        verify_sha256: bool = False,
-        drop_last: bool = False,
-        equal_ranks: bool = False,
-        manifest: Manifest | None = None,
-        sampler: str = "plain",
-        read_ahead: int = 4,
-        read_ahead_bytes: int = 256 << 20,
-        cache: ShardCache | None = None,
+        **reader: Any,
     ) -> None:
+        """``reader``: :class:`StreamingImageDataset`'s keyword arguments (batch_size, rank,
+        world_size, seed, shuffle, shuffle_buffer, storage_options, verify_sha256, drop_last,
+        equal_ranks, manifest, sampler, read_ahead, read_ahead_bytes, cache), bar ``decode``
+        and ``transform``."""
         if num_workers < 0:
             raise LtrayError(f"num_workers must be >= 0, got {num_workers}")
         # the streaming dataset whose batches this set replays; it checks the arguments
         # before anything is read, and reads no image itself
-        self.stream = StreamingImageDataset(
-            url,
-            split,
-            batch_size=batch_size,
-            rank=rank,
-            world_size=world_size,
-            seed=seed,
-            shuffle=shuffle,
-            shuffle_buffer=shuffle_buffer,
-            storage_options=storage_options,
-            verify_sha256=verify_sha256,
-            drop_last=drop_last,
-            equal_ranks=equal_ranks,
-            manifest=manifest,
-            sampler=sampler,
-            read_ahead=read_ahead,
-            read_ahead_bytes=read_ahead_bytes,
-            cache=cache,
-        )
+        self.stream = StreamingImageDataset(url, split, **reader)
         self.split = split
         self.device = torch.device(device)
         self.num_workers = max(1, num_workers)
