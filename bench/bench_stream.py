@@ -46,10 +46,10 @@ from ray_benchmarks import prepared_set, skipped_without_ray  # noqa: E402
 
 from ltray.data import read_manifest  # noqa: E402
 from ltray.data.decode import decode_rgb  # noqa: E402
-from ltray.data.stream import StreamingImageDataset, build_transform, make_loader  # noqa: E402
+from ltray.data.stream import StreamingImageDataset, build_batch_transform, make_loader  # noqa: E402
 
 IMAGE_SIZE = 32
-TRANSFORM = build_transform("cifar", IMAGE_SIZE, train=True)
+TRANSFORM = build_batch_transform("cifar", IMAGE_SIZE, train=True)
 
 
 def timed_epoch(batches: Callable[[], Iterable[dict]]) -> Epoch:
@@ -75,8 +75,8 @@ def ltray_batches(url: str, batch_size: int, workers: int, epoch: int) -> Iterab
 def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Ray Data's map_batches function: the reader's decode and transform, one batch."""
     generator = torch.Generator().manual_seed(int(batch["label"][0]))
-    images = [TRANSFORM(decode_rgb(data), generator) for data in batch["image"]]
-    return {"image": torch.stack(images).numpy(), "label": batch["label"].astype(np.int64)}
+    images = TRANSFORM([decode_rgb(data) for data in batch["image"]], generator)
+    return {"image": images.numpy(), "label": batch["label"].astype(np.int64)}
 
 
 def ray_data_batches(paths: list[str], batch_size: int) -> Iterable[dict]:
