@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="timed steps (default per model)")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (auto)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/ltray-bench"))
+    parser.add_argument("--data", help="a prepared 32 px set for ResNet-32 (default: CIFAR-10-LT)")
     args = parser.parse_args()
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
@@ -156,7 +157,9 @@ def main() -> None:
     archive = next((p for p in (CIFAR, CIFAR_COPY) if p.is_file()), None)
     cifar_data = DataConfig(url="", image_size=32, augment="cifar", mean=CIFAR_NORM[0],
                             std=CIFAR_NORM[1])  # fmt: skip
-    if archive is not None:
+    if args.data:
+        url, title = args.data, f"ResNet-32, {args.data}"
+    elif archive is not None:
         url = dataset(
             args.cache,
             "cifar10-lt-100",

@@ -79,6 +79,8 @@ else
 fi
 
 if ! part tests; then :
+elif [ "$DEVICE" = cpu ]; then
+    note "- cuda-tests: skipped: no CUDA device (on the CPU the test suite runs these files)"
 elif "$PY" -c "import pytest" 2>/dev/null; then
     run cuda-tests 120 "$PY" -m pytest -q -p no:cacheprovider --noconftest \
         tests/data/test_gpu_decode.py tests/data/test_batch_augment.py \
@@ -93,7 +95,9 @@ quick=(); [ "$QUICK" = 1 ] && quick=(--set schedule.epochs=2 --set schedule.max_
 syncs_seen() { cat "$@" | grep -c "called a synchronizing CUDA operation"; }
 
 # 6. no host synchronisation inside the step loop: torch warns at each one (once per place)
-if part syncs && [ -n "$data" ]; then
+if part syncs && [ "$DEVICE" = cpu ]; then
+    note "- host-syncs: skipped: torch checks host synchronisations on CUDA devices only"
+elif part syncs && [ -n "$data" ]; then
     LTRAY_SYNC_DEBUG=warn run host-syncs 90 "${LTRAY[@]}" train jobs/cifar10_lt.yaml \
         "${common[@]}" --set storage.url=/tmp/gpu-check-syncs --set data.on_device=false \
         --set schedule.epochs=1 --set schedule.max_steps_per_epoch=40 \
@@ -107,6 +111,7 @@ if part repro && [ -n "$data" ]; then
     budget=$(( $(left) - $(part bench && echo 100 || echo 10) ))
     note "- reproduction: $budget s left for it"
     runs=(ce balanced_softmax dr dr-prior)
+    [ "$QUICK" = 1 ] && runs=(ce dr-prior)  # the two kinds of run, for the CPU smoke test
     for name in "${runs[@]}"; do
         sets=(--set loss.name="${name%-prior}")
         [ "$name" = dr-prior ] && sets+=(--set loss.prior_tau=1.0)
@@ -131,7 +136,7 @@ fi
 # 3-5. the benchmarks, in what is left of the 9 minutes
 if part bench && [ "$QUICK" = 1 ]; then
     run pipeline 240 "$PY" bench/bench_pipeline.py --device "$DEVICE" --steps 4 --workers 1 \
-        --cache /tmp/gpu-check-bench
+        --cache /tmp/gpu-check-bench ${data:+--data "$data"}
     run uniformity 120 "$PY" bench/bench_uniformity.py --device "$DEVICE" --classes 256 \
         --batch 2 --image-size 64 --repeats 1
 elif part bench; then

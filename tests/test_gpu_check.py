@@ -2,7 +2,8 @@
 
 It runs as on a bare GPU box: ``ltray`` is not on PATH (the script calls it through the
 checkout), and its parts skip with a reason where they need CUDA. With ../shared/data's
-CIFAR-10 archive the training parts run (two-epoch cuts); without it they say they skipped.
+CIFAR-10 archive the reproduction runs (two of its four runs, cut to two epochs of three steps);
+without it the training parts say they skipped.
 """
 
 from __future__ import annotations
@@ -35,19 +36,18 @@ def test_the_gpu_check_runs_in_cpu_mode_and_writes_its_summary_and_logs(tmp_path
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = (out / "summary.md").read_text()
     assert "no CUDA device" in summary
-    for part in ("cuda-tests", "pipeline", "uniformity"):
+    for part in ("pipeline", "uniformity"):
         assert f"- {part}: exit 0 in " in summary, summary
+    for part in ("cuda-tests", "host-syncs"):  # what needs CUDA says so
+        assert f"- {part}: skipped: " in summary, summary
     with tarfile.open(out / "logs.tar.gz") as logs:
         names = set(logs.getnames())
-    assert {"logs/pipeline.txt", "logs/uniformity.txt", "logs/cuda-tests.txt"} <= names
+    assert {"logs/pipeline.txt", "logs/uniformity.txt", "logs/device.txt"} <= names
     assert "ratio (pipeline / synthetic" in _member(out, "logs/pipeline.txt")
     if "prepare: skipped" in summary:
         return
-    assert "host synchronisations reported in the step loop" in summary
     rows = [line for line in summary.splitlines() if line.startswith("| ")][2:]
-    assert [row.split(" | ")[0] for row in rows] == [
-        "| ce", "| balanced_softmax", "| dr", "| dr-prior"
-    ]  # fmt: skip
+    assert [row.split(" | ")[0] for row in rows] == ["| ce", "| dr-prior"]  # quick: two of four
     for row in rows:  # every run finished its two epochs and printed its test accuracy
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[-1] == "2" and float(cells[1]) >= 0.0, row
