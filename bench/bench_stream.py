@@ -28,6 +28,7 @@ of finished batches to the driver.) Without Ray installed it says so and exits 0
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import sys
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--cache", type=Path, default=Path("/tmp/ltray-bench"))
     args = parser.parse_args(argv)
+    if args.processes < 1 or args.repeats < 1:
+        parser.error("--processes and --repeats must be at least 1")
     if skipped_without_ray("bench_stream"):
         return
     torch.set_num_threads(1)
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(int(args.ray_bin_mb * 2**20))
         bins = f"{args.ray_bin_mb:g}"
     start_ray(args.processes)
-    epochs = iter(range(1, 1_000_000))
+    epochs = itertools.count(1)
     ours, theirs = median_epochs(
         [
             lambda: ltray_batches(url, args.batch_size, args.processes, next(epochs)),
