@@ -37,7 +37,7 @@ from ltray.data.gpu_decode import UndecodableImage, decode_batch, to_device
 from ltray.data.manifest import Manifest
 from ltray.data.stream import StreamingImageDataset, make_loader, reading_options
 from ltray.data.stream.batch_augment import build_batch_transform
-from ltray.data.stream.dataset import batch_seed, undecodable
+from ltray.data.stream.dataset import batch_generator, undecodable
 from ltray.data.stream.device_set import DeviceImageSet, NotHeldOnDevice, fits, nbytes_needed
 from ltray.errors import LtrayError
 
@@ -115,8 +115,7 @@ class SplitInput:
             shard, row = batch["where"][exc.position]
             raise undecodable(shard, row, exc.reason) from None
         dataset = self.dataset
-        generator = torch.Generator()
-        generator.manual_seed(batch_seed(dataset.seed, dataset.epoch, dataset.rank, batch["batch"]))
+        generator = batch_generator(dataset.seed, dataset.epoch, dataset.rank, batch["batch"])
         return {
             "image": dataset.transform(decoded.images, generator),
             "label": to_device(batch["label"], self.device),

@@ -473,10 +473,7 @@ class Trainer:
         def epoch_batches(stage2_epoch: int) -> Iterator[dict[str, torch.Tensor]]:
             # the order's epochs continue after stage 1's, so stage 2 draws its own samples
             with contextlib.closing(source.epoch(self.job.schedule.epochs + stage2_epoch)) as it:
-                for step, batch in enumerate(it):
-                    if step >= steps:
-                        break
-                    yield batch
+                yield from itertools.islice(it, steps)
 
         head, info = retrain_classifier(
             method,

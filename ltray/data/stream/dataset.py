@@ -59,6 +59,12 @@ def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
     return int(state[0]) << 31 ^ int(state[1])
 
 
+def batch_generator(seed: int, epoch: int, rank: int, batch: int) -> torch.Generator:
+    """The CPU generator a batch transform draws that batch's augmentation from, on every
+    input path (:func:`batch_seed`)."""
+    return torch.Generator().manual_seed(batch_seed(seed, epoch, rank, batch))
+
+
 class ShardReader:
     """Reads row groups of one split's shards, checking each shard against the manifest once.
 
@@ -522,8 +528,7 @@ class StreamingImageDataset(IterableDataset):
             except ValueError as exc:
                 raise undecodable(self.shards[shard].path, row_id, str(exc)) from None
         if self.transform is not None:
-            generator = torch.Generator()
-            generator.manual_seed(batch_seed(self.seed, self.epoch, self.rank, batch_id))
+            generator = batch_generator(self.seed, self.epoch, self.rank, batch_id)
             return {"image": self.transform(images, generator), "label": labels, "index": index}
         if len({tuple(im.shape) for im in images}) > 1:
             raise LtrayError(

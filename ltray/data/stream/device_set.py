@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ltray.data.gpu_decode import to_device
 from ltray.data.manifest import Manifest
 from ltray.data.stream import order
 from ltray.data.stream.dataset import (
     StreamingImageDataset,
-    batch_seed,
+    batch_generator,
     check_labels,
     make_loader,
 )
@@ -183,18 +184,15 @@ class DeviceImageSet:
     def _gather(
         self, epoch: int, planned: list[tuple[int, np.ndarray]]
     ) -> Iterator[dict[str, Any]]:
-        cuda = self.device.type == "cuda"
         for batch_id, rows in planned:
             index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
-            # pinned and non_blocking: the copy is queued behind the step, no host sync
-            on_device = (index.pin_memory() if cuda else index).to(self.device, non_blocking=cuda)
+            on_device = to_device(index, self.device)  # queued behind the step, no host sync
             images = self.images[on_device]
             if self.transform is not None:
-                generator = torch.Generator()
-                generator.manual_seed(
-                    batch_seed(self.stream.seed, epoch, self.stream.rank, batch_id)
+                stream = self.stream
+                images = self.transform(
+                    images, batch_generator(stream.seed, epoch, stream.rank, batch_id)
                 )
-                images = self.transform(images, generator)
             yield {
                 "image": images,
                 "label": self.labels[on_device],
