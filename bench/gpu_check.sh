@@ -96,7 +96,7 @@ syncs_seen() { cat "$@" | grep -c "called a synchronizing CUDA operation"; }
 
 # 6. no host synchronisation inside the step loop: torch warns at each one (once per place)
 if part syncs && [ "$DEVICE" = cpu ]; then
-    note "- host-syncs: skipped: torch checks host synchronisations on CUDA devices only"
+    note "- host-syncs: skipped: torch checks them on CUDA only (the suite checks the CPU loop)"
 elif part syncs && [ -n "$data" ]; then
     LTRAY_SYNC_DEBUG=warn run host-syncs 90 "${LTRAY[@]}" train jobs/cifar10_lt.yaml \
         "${common[@]}" --set storage.url=/tmp/gpu-check-syncs --set data.on_device=false \

@@ -10,6 +10,7 @@ import torch
 
 from ltray.config import ModelConfig, ScalingConfig
 from ltray.errors import LtrayError
+from ltray.train.host_reads import HostReads
 
 
 def wants_gpu(scaling: ScalingConfig) -> bool:
@@ -66,37 +67,56 @@ class Normalizer:
 
 
 class SyncCheck:
-    """torch's check of host synchronisations (``torch.cuda.set_sync_debug_mode``: "warn" or
-    "error") over a loop on a CUDA device, from its ``warmup``-th step on: the first steps
-    may synchronise once by design (a lazily initialised buffer, torch.compile's first call).
-    ``paused()`` lifts it around a read the loop makes on purpose. Without a mode, or on the
-    CPU, it does nothing."""
+    """A check of host synchronisations over a loop, from its ``warmup``-th step on (the first
+    steps may synchronise once by design: a lazily initialised buffer, torch.compile's first
+    call), with ``mode`` "warn" or "error":
+
+    - on a CUDA device, torch's own (``torch.cuda.set_sync_debug_mode``);
+    - elsewhere, ``HostReads``, which catches the operators that would synchronise on a GPU,
+      so that a CPU run (CI) finds them too.
+
+    ``paused()`` lifts it around a read the loop makes on purpose. Without a mode it does
+    nothing."""
 
     def __init__(self, device: torch.device, mode: str | None, warmup: int = 2) -> None:
-        self.active = mode is not None and device.type == "cuda"
+        self.active = mode is not None
+        self.on_cuda = device.type == "cuda"
         self.mode = mode
         self.warmup = warmup
+        self._reads: HostReads | None = None
+        self._started = False
+        if self.active and not self.on_cuda:
+            self._reads = HostReads(mode)
 
     def at(self, step: int) -> None:
         """Called at the start of the loop's ``step``-th step (0: the first)."""
-        if self.active and step == self.warmup:
-            torch.cuda.set_sync_debug_mode(self.mode)
+        if self.active and step == self.warmup and not self._started:
+            self._started = True
+            self._switch(on=True)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
-        if not self.active:
+        if not self._started:
             yield
             return
-        previous = torch.cuda.get_sync_debug_mode()
-        torch.cuda.set_sync_debug_mode(0)
+        self._switch(on=False)
         try:
             yield
         finally:
-            torch.cuda.set_sync_debug_mode(previous)
+            self._switch(on=True)
+
+    def _switch(self, on: bool) -> None:
+        if self.on_cuda:
+            torch.cuda.set_sync_debug_mode(self.mode if on else 0)
+        elif on:
+            self._reads.__enter__()
+        else:
+            self._reads.__exit__(None, None, None)
 
     def __enter__(self) -> SyncCheck:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.active:
-            torch.cuda.set_sync_debug_mode(0)
+        if self._started:
+            self._started = False
+            self._switch(on=False)
