@@ -6,8 +6,14 @@
 Times forward + backward of ltray's blocked uniformity term and of the naive masked version
 (full C x C Gram matrix, boolean mask) on a C x d classifier, and one SGD step of ResNet-50
 on synthetic data already on the device, and prints each term as a fraction of the step.
+
+Then what a user pays: a ResNet-50 step with a C-class cosine head and cross-entropy on its
+scaled cosines, timed without and with the term added to the loss (the two alternate, call by
+call). On a GPU the host queues the term's kernels while the device still runs the model's,
+so its cost in the step can be below its cost alone; the last line is that in-step share.
 The model step follows the project's "auto" precision: bf16 autocast on GPUs, fp32 on the CPU.
-The uniformity Gram runs in fp32 (ltray's default) or, with ``--gram bf16``, in bf16.
+The Gram's matmuls run in ltray's ``auto`` precision (bf16x3 on GPUs, fp32 on the CPU) or in
+the one ``--gram`` names (``loss.uniformity.gram_dtype``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from ltray.config import ModelConfig
-from ltray.losses.uniformity import uniformity_loss, uniformity_loss_naive
+from ltray.losses.uniformity import (
+    GRAM_PRECISIONS,
+    resolve_gram,
+    uniformity_loss,
+    uniformity_loss_naive,
+)
 from ltray.models import build_model
 
 
@@ -48,19 +59,49 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def resnet50_step(device: torch.device, batch: int, size: int) -> Callable[[], None]:
-    """One SGD step of ResNet-50 (1,000 classes) on a fixed synthetic batch."""
-    model = build_model(ModelConfig(arch="resnet50"), 1000).to(device)
+def timed_pair(
+    first: Callable[[], None],
+    second: Callable[[], None],
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+) -> tuple[float, float]:
+    """Median wall times of two calls in ms, measured alternately, so that a machine's drift
+    (clocks, other load) falls on both."""
+    for _ in range(warmup):
+        first()
+        second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in zip((first, second), times, strict=True):
+            out.append(timed(fn, device, 1, 0))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def resnet50_step(
+    device: torch.device,
+    batch: int,
+    size: int,
+    classes: int = 1000,
+    head: str = "linear",
+    extra: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Callable[[], None]:
+    """One SGD step of ResNet-50 on a fixed synthetic batch: cross-entropy on the logits of a
+    linear head, or on 16 x the cosines of a cosine head, plus ``extra(head weight)``."""
+    model = build_model(ModelConfig(arch="resnet50"), classes, head=head).to(device)
     images = torch.randn(batch, 3, size, size, device=device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 1000, (batch,), device=device)
+    labels = torch.randint(0, classes, (batch,), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    scale = 16.0 if head == "cosine" else 1.0
 
     def step() -> None:
         with autocast(device):
-            loss = F.cross_entropy(model(images).logits.float(), labels)
+            loss = F.cross_entropy(scale * model(images).logits.float(), labels)
+            if extra is not None:
+                loss = loss + extra(model.head.weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -94,7 +135,10 @@ def main() -> None:
         help="torch.compile the per-block elementwise pass (auto: on CUDA only)",
     )
     parser.add_argument(
-        "--gram", choices=["fp32", "bf16"], default="fp32", help="the Gram matmul's precision"
+        "--gram",
+        choices=GRAM_PRECISIONS,
+        default="auto",
+        help="the Gram matmuls' precision (auto: bf16x3 on GPUs, fp32 on the CPU)",
     )
     parser.add_argument("--batch", type=int, help="ResNet-50 batch (default: 256 GPU, 8 CPU)")
     parser.add_argument("--image-size", type=int, default=224)
@@ -119,25 +163,19 @@ def main() -> None:
     fusion = on_gpu if fused is None else fused
     print(
         f"uniformity {args.kind}, d = {args.dim}, fwd+bwd, block_rows {args.block_rows}, "
-        f"fused {'on' if fusion else 'off'}, Gram {args.gram}"
+        f"fused {'on' if fusion else 'off'}, Gram {resolve_gram(args.gram, device)}"
     )
-    gram = torch.bfloat16 if args.gram == "bf16" else None
+
+    def ours_fn(w: torch.Tensor) -> torch.Tensor:
+        return uniformity_loss(
+            w, args.kind, block_rows=args.block_rows, gram=args.gram, fused=fused
+        )
+
     header = ("C", "ours ms", "naive ms", "ours/step", "naive/step", "speed-up")
     print(" ".join(f"{h:>{w}}" for h, w in zip(header, (6, 9, 9, 10, 11, 9), strict=True)))
     for classes in args.classes:
         weight = torch.randn(classes, args.dim, device=device, requires_grad=True)
-        ours = timed(
-            uniformity_step(
-                lambda w: uniformity_loss(
-                    w, args.kind, block_rows=args.block_rows, gram_dtype=gram, fused=fused
-                ),
-                weight,
-                device,
-            ),
-            device,
-            repeats,
-            warmup,
-        )
+        ours = timed(uniformity_step(ours_fn, weight, device), device, repeats, warmup)
         naive = timed(
             uniformity_step(lambda w: uniformity_loss_naive(w, args.kind), weight, device),
             device,
@@ -148,6 +186,31 @@ def main() -> None:
             f"{classes:>6} {ours:>9.1f} {naive:>9.1f} {ours / step_ms:>9.1%} "
             f"{naive / step_ms:>10.1%} {naive / ours:>8.2f}x"
         )
+        del weight
+    print(
+        f"in the step: ResNet-50 with a C-class cosine head, batch {batch}, cross-entropy on its "
+        f"scaled cosines, without and with 0.1 x the term ({repeats} alternating calls)"
+    )
+    header = ("C", "step ms", "with term", "term ms", "term/step")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(header, (6, 9, 10, 8, 10), strict=True)))
+    shares = []
+    for classes in args.classes:
+        plain = resnet50_step(device, batch, args.image_size, classes, "cosine")
+        with_term = resnet50_step(
+            device, batch, args.image_size, classes, "cosine", lambda w: 0.1 * ours_fn(w)
+        )
+        base_ms, total_ms = timed_pair(plain, with_term, device, repeats, warmup)
+        shares.append((classes, (total_ms - base_ms) / base_ms))
+        print(
+            f"{classes:>6} {base_ms:>9.1f} {total_ms:>10.1f} {total_ms - base_ms:>8.1f} "
+            f"{shares[-1][1]:>9.1%}"
+        )
+        del plain, with_term
+        if on_gpu:
+            torch.cuda.empty_cache()
+    classes, share = shares[-1]
+    goal = "goal on a GPU: under 3%"
+    print(f"ratio: the term's share of the step at C = {classes} ({goal}): {share:.1%}")
 
 
 if __name__ == "__main__":

@@ -8,15 +8,16 @@
 #      the three input paths), where pytest travelled in .whl/;
 #   3. bench/bench_pipeline.py --full: ResNet-50 at 224 and ResNet-32 at 32 fed by ltray's
 #      pipeline against synthetic batches on the device;
-#   4. bench/bench_uniformity.py: the dr uniformity term against a ResNet-50 step, fused and not;
+#   4. bench/bench_uniformity.py: the dr uniformity term against a ResNet-50 step, alone and
+#      inside the step (what a user pays), fused and not;
 #   5. bench/bench_scaling.py and bench/bench_stream.py: need Ray (skipped without it);
 #   6. host synchronisations inside the step loop (LTRAY_SYNC_DEBUG=warn, GPU decode path);
 #   7. the reproduction: ce, balanced_softmax, dr and dr with prior_tau on CIFAR-10-LT IF 100,
 #      200 epochs, jobs/cifar10_lt.yaml's protocol, the four side by side on the one GPU.
 #
 # GPU_CHECK_PARTS picks parts (default "tests syncs repro bench"). On an H100 the four 200-epoch
-# runs take about 8 minutes (dr: 2.4 s an epoch, 4 side by side), so a 15-minute device budget
-# runs "tests syncs repro" in one call and "bench" in a second.
+# runs take up to 8 minutes (dr: 2.4 s an epoch, 4 side by side), so a 15-minute device budget
+# runs "repro" alone in one call (GPU_CHECK_SECONDS=570) and "tests syncs bench" in a second.
 # On the CPU it runs too: GPU_CHECK_QUICK=1 shrinks every part to seconds (tests/test_gpu_check.py
 # runs it so), and the parts that need CUDA say so and skip.
 # Needs python3 with torch, torchvision, pyarrow, fsspec, typer, rich, pyyaml. What a bare GPU box
@@ -84,7 +85,8 @@ elif [ "$DEVICE" = cpu ]; then
 elif "$PY" -c "import pytest" 2>/dev/null; then
     run cuda-tests 120 "$PY" -m pytest -q -p no:cacheprovider --noconftest \
         tests/data/test_gpu_decode.py tests/data/test_batch_augment.py \
-        tests/train/test_input_path.py tests/train/test_sync_check.py
+        tests/train/test_input_path.py tests/train/test_sync_check.py \
+        tests/method/test_uniformity.py -m "not slow"
 else
     note "- cuda-tests: skipped: pytest is not installed (bench/fetch_wheels.sh puts it in .whl/)"
 fi
@@ -133,19 +135,22 @@ if part repro && [ -n "$data" ]; then
     } | tee -a "$SUMMARY"
 fi
 
-# 3-5. the benchmarks, in what is left of the 9 minutes
+# 3-5. the benchmarks, in what is left of the 9 minutes: the uniformity term first (short)
 if part bench && [ "$QUICK" = 1 ]; then
     run pipeline 240 "$PY" bench/bench_pipeline.py --device "$DEVICE" --steps 4 --workers 1 \
         --cache /tmp/gpu-check-bench ${data:+--data "$data"}
     run uniformity 120 "$PY" bench/bench_uniformity.py --device "$DEVICE" --classes 256 \
         --batch 2 --image-size 64 --repeats 1
 elif part bench; then
-    run pipeline $(( $(left) > 150 ? 120 : $(left) - 30 )) "$PY" bench/bench_pipeline.py \
+    run uniformity 90 "$PY" bench/bench_uniformity.py --device "$DEVICE" --classes 1000 8142
+    run pipeline $(( $(left) > 200 ? 150 : $(left) - 30 )) "$PY" bench/bench_pipeline.py \
         --device "$DEVICE" --full --cache /tmp/gpu-check-bench
-    run uniformity $(( $(left) - 15 )) "$PY" bench/bench_uniformity.py --device "$DEVICE" \
-        --classes 1000 8142
-    [ "$DEVICE" = cuda ] && [ "$(left)" -gt 10 ] && run uniformity-unfused "$(left)" \
-        "$PY" bench/bench_uniformity.py --device cuda --classes 8142 --fused off
+    if [ "$DEVICE" = cuda ]; then  # the default's alternatives, at 8,142 classes
+        [ "$(left)" -gt 20 ] && run uniformity-fp32 "$(( $(left) - 10 ))" "$PY" \
+            bench/bench_uniformity.py --device cuda --classes 8142 --gram fp32
+        [ "$(left)" -gt 10 ] && run uniformity-unfused "$(left)" "$PY" \
+            bench/bench_uniformity.py --device cuda --classes 8142 --fused off
+    fi
 fi
 for bench in scaling stream; do
     if ! part bench; then :

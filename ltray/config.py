@@ -153,10 +153,11 @@ class UniformityConfig(Section):
     weight: float = Field(0.1, ge=0.0, description="lambda_u, the weight of the uniformity term")
     t: float = Field(2.0, gt=0.0, description="temperature of the gaussian potential")
     block_rows: int = Field(1024, ge=1, description="rows of the Gram matrix per block")
-    gram_dtype: Literal["fp32", "bf16"] = Field(
-        "fp32",
-        description="precision of the Gram matmul; bf16 is faster on GPUs but rounds cosines "
-        "to 8 bits (see ltray/losses/uniformity.py for its accuracy)",
+    gram_dtype: Literal["auto", "fp32", "bf16x3", "bf16"] = Field(
+        "auto",
+        description="precision of the Gram matmuls: bf16x3 (each operand split in two bf16 "
+        "parts, close to fp32, on tensor cores), fp32, or bf16 (coarse: rounds cosines to 8 "
+        "bits); auto: bf16x3 on GPUs, fp32 on the CPU (ltray/losses/uniformity.py)",
     )
 
 

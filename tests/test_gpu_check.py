@@ -44,6 +44,7 @@ def test_the_gpu_check_runs_in_cpu_mode_and_writes_its_summary_and_logs(tmp_path
         names = set(logs.getnames())
     assert {"logs/pipeline.txt", "logs/uniformity.txt", "logs/device.txt"} <= names
     assert "ratio (pipeline / synthetic" in _member(out, "logs/pipeline.txt")
+    assert "ratio: the term's share of the step at C = 256" in _member(out, "logs/uniformity.txt")
     if "prepare: skipped" in summary:
         return
     rows = [line for line in summary.splitlines() if line.startswith("| ")][2:]

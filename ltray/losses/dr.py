@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ltray.config import LossConfig, NormConfig, UniformityConfig
@@ -88,8 +87,7 @@ class DrLoss(Criterion):
         terms = {"margin_ce": margin_ce.detach()}
         if self.use_uniformity:
             cfg = self.uniformity_cfg
-            gram = torch.bfloat16 if cfg.gram_dtype == "bf16" else None
-            uniform = uniformity_loss(head.weight, cfg.kind, cfg.t, cfg.block_rows, gram)
+            uniform = uniformity_loss(head.weight, cfg.kind, cfg.t, cfg.block_rows, cfg.gram_dtype)
             total = total + cfg.weight * uniform
             terms["uniformity"] = uniform.detach()
         if self.feature_norm is not None:

@@ -18,8 +18,11 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+
 from ltray.config import JobConfig
 from ltray.errors import LtrayError
+from ltray.losses.uniformity import resolve_gram
 from ltray.secrets import redact_url
 from ltray.train.session import LOCAL_FOLDER
 from ltray.train.storage import Storage
@@ -51,7 +54,8 @@ class RunIdentity:
 
 def resolve_job(job: JobConfig, *, world_size: int, use_gpu: bool, num_classes: int) -> JobConfig:
     """The job with every machine-dependent choice made: the worker count actually used, GPUs
-    on or off, the precision (``auto``: bf16 on GPUs, fp32 on the CPU) and the class count."""
+    on or off, the precision (``auto``: bf16 on GPUs, fp32 on the CPU), the uniformity Gram's
+    (``auto``: bf16x3 on GPUs, fp32 on the CPU) and the class count."""
     precision = job.scaling.precision
     if precision == "auto":
         precision = "bf16" if use_gpu else "fp32"
@@ -60,7 +64,12 @@ def resolve_job(job: JobConfig, *, world_size: int, use_gpu: bool, num_classes: 
     )
     check_class_count(job, num_classes)
     model = job.model.model_copy(update={"num_classes": num_classes})
-    return job.model_copy(update={"scaling": scaling, "model": model})
+    device = torch.device("cuda" if use_gpu else "cpu")
+    uniformity = job.loss.uniformity.model_copy(
+        update={"gram_dtype": resolve_gram(job.loss.uniformity.gram_dtype, device)}
+    )
+    loss = job.loss.model_copy(update={"uniformity": uniformity})
+    return job.model_copy(update={"scaling": scaling, "model": model, "loss": loss})
 
 
 def check_class_count(job: JobConfig, num_classes: int) -> None:

@@ -205,7 +205,7 @@ def test_the_gram_precision_is_the_configured_one(counts):
     features, weight = features.float(), weight.float()
     target = torch.arange(10) % C
     grads = {}
-    for gram in ("fp32", "bf16"):
+    for gram in ("auto", "fp32", "bf16x3", "bf16"):
         crit = make_dr(
             counts, uniformity=UniformityConfig(kind="mhe_s2", weight=1.0, gram_dtype=gram)
         )
@@ -213,6 +213,11 @@ def test_the_gram_precision_is_the_configured_one(counts):
         cos = F.linear(F.normalize(features), F.normalize(w))
         crit(ModelOutput(cos, features), target, head_of(w)).total.backward()
         grads[gram] = w.grad
-    assert not torch.equal(grads["fp32"], grads["bf16"])  # bf16 really ran, only when asked
+    assert torch.equal(grads["auto"], grads["fp32"])  # auto on the CPU
+    for gram in ("bf16x3", "bf16"):
+        assert not torch.equal(grads["fp32"], grads[gram])  # each really ran, only when asked
     # 8-bit cosines cost well-spread rows ~0.5% of the gradient: direction kept to 0.999
+    assert F.cosine_similarity(grads["bf16"].flatten(), grads["fp32"].flatten(), 0) >= 0.999
+    # bf16x3 keeps ~16 bits (tests/method/test_uniformity.py)
+    assert F.cosine_similarity(grads["bf16x3"].flatten(), grads["fp32"].flatten(), 0) >= 1 - 1e-6
     assert F.cosine_similarity(grads["bf16"].flatten(), grads["fp32"].flatten(), 0) >= 0.999

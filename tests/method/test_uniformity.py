@@ -1,4 +1,5 @@
-"""The uniformity term: formulas, blocked == naive, invariances, the simplex, bf16 accuracy."""
+"""The uniformity term: formulas, blocked == naive, invariances, the simplex, the Gram precisions
+(bf16x3, the GPU default, and the bf16 opt-in) against fp64."""
 
 import itertools
 import math
@@ -9,7 +10,12 @@ import torch
 
 from ltray.errors import LtrayError
 from ltray.losses import uniformity
-from ltray.losses.uniformity import UNIFORMITY_KINDS, uniformity_loss, uniformity_loss_naive
+from ltray.losses.uniformity import (
+    UNIFORMITY_KINDS,
+    resolve_gram,
+    uniformity_loss,
+    uniformity_loss_naive,
+)
 
 T = 2.0
 
@@ -103,13 +109,99 @@ def test_the_opt_in_bf16_gram_is_within_its_stated_tolerance_of_fp32(kind):
     w16 = w.clone().requires_grad_()
     exact = uniformity_loss(w32, kind, t=T, block_rows=64)
     exact.backward()
-    fast = uniformity_loss(w16, kind, t=T, block_rows=64, gram_dtype=torch.bfloat16)
+    fast = uniformity_loss(w16, kind, t=T, block_rows=64, gram="bf16")
     fast.backward()
     assert fast.dtype == torch.float32
     assert abs(fast.item() - exact.item()) <= 1e-3 * abs(exact.item())
     grad_cos = torch.nn.functional.cosine_similarity(w16.grad.flatten(), w32.grad.flatten(), 0)
     assert grad_cos.item() >= 0.999
     assert not torch.equal(w16.grad, w32.grad)  # it really took the bf16 path
+
+
+def close_pairs(spread, seed=6):
+    """200 rows in 64 dims: 100 random ones and a perturbed copy of each, ``spread`` apart."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(100, 64, generator=gen)
+    return torch.cat([base, base + spread * torch.randn(100, 64, generator=gen)])
+
+
+def errors_against_fp64(w, kind, gram, device="cpu"):
+    """(relative error of the loss, relative error of the gradient's norm) of fp32 rows ``w``
+    with ``gram`` on ``device``, against the same rows in fp64."""
+    exact_w = w.double().requires_grad_()
+    exact = uniformity_loss(exact_w, kind, t=T, block_rows=64)
+    exact.backward()
+    x = w.detach().to(device).clone().requires_grad_()
+    got = uniformity_loss(x, kind, t=T, block_rows=64, gram=gram)
+    got.backward()
+    assert got.dtype == torch.float32
+    loss_error = abs(got.item() - exact.item()) / abs(exact.item())
+    grad_error = (x.grad.cpu().double() - exact_w.grad).norm() / exact_w.grad.norm()
+    return loss_error, grad_error.item()
+
+
+def closest_degrees(w):
+    u = torch.nn.functional.normalize(w.double(), dim=1)
+    return math.degrees(math.acos((u @ u.T).fill_diagonal_(-1).max().item()))
+
+
+@pytest.mark.parametrize("kind", UNIFORMITY_KINDS)
+def test_bf16x3_keeps_about_16_bits_where_bf16_keeps_8(kind):
+    """bf16x3 represents each operand as hi + lo to 2^-17, so a Gram entry of unit rows is off
+    by about 2^-17 / sqrt(d) with random-sign rounding (bf16: 2^-9, and the Gram itself rounded
+    to 8 bits). The pair distances 2 - 2g amplify that by 1 / d2: 4 at 30 degrees, 150 at 4.4.
+    The bounds are 10-30x the errors expected from that model (measured: loss 1e-7 / 5e-7, gradient
+    7e-6 / 4e-4), and bf16 must do at least 100x worse on the close pairs' gradient."""
+    far, near = close_pairs(0.8), close_pairs(0.1)
+    assert 30 <= closest_degrees(far) < 31 and 4 <= closest_degrees(near) < 5
+    loss_far, grad_far = errors_against_fp64(far, kind, "bf16x3")
+    assert loss_far <= 2e-6 and grad_far <= 1e-4
+    loss_near, grad_near = errors_against_fp64(near, kind, "bf16x3")
+    assert loss_near <= 1e-5 and grad_near <= 5e-3
+    _, bf16_grad_near = errors_against_fp64(near, kind, "bf16")
+    assert bf16_grad_near >= 100 * grad_near
+    fp32_w, split_w = far.clone().requires_grad_(), far.clone().requires_grad_()
+    uniformity_loss(fp32_w, kind, t=T, gram="fp32").backward()
+    uniformity_loss(split_w, kind, t=T, gram="bf16x3").backward()
+    assert not torch.equal(split_w.grad, fp32_w.grad)  # it really took the split path
+
+
+def test_auto_is_bf16x3_on_cuda_and_fp32_elsewhere_and_fp64_stays_fp64():
+    assert resolve_gram("auto", torch.device("cuda")) == "bf16x3"
+    assert resolve_gram("auto", torch.device("cpu")) == "fp32"
+    assert resolve_gram("bf16", torch.device("cuda")) == "bf16"
+    with pytest.raises(LtrayError, match="unknown 'tf32'; valid: auto, fp32, bf16x3, bf16"):
+        resolve_gram("tf32", torch.device("cpu"))
+    w = close_pairs(0.8)[:40]
+    torch.testing.assert_close(
+        uniformity_loss(w, "mhe_s2"), uniformity_loss(w, "mhe_s2", gram="fp32"), rtol=0, atol=0
+    )
+    w64 = w.double()
+    for gram in ("bf16x3", "bf16"):  # fp64 rows (gradcheck) are never rounded
+        torch.testing.assert_close(
+            uniformity_loss(w64, "mhe_s2", gram=gram),
+            uniformity_loss(w64, "mhe_s2", gram="fp32"),
+            rtol=0,
+            atol=0,
+        )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["mhe_s0", "mhe_s2"])
+def test_bf16x3_on_cuda_keeps_the_bits_it_keeps_on_the_cpu(kind):
+    """On CUDA the products run on tensor cores with fp32 sums (mm with out_dtype); the same
+    bounds as the CPU's emulation hold, and both are within fp32 summation order of each
+    other (the products are exact; 64 terms a sum, 2^-24 each: 1e-5 of unit-row entries)."""
+    near = close_pairs(0.1)
+    loss_near, grad_near = errors_against_fp64(near, kind, "bf16x3", device="cuda")
+    assert loss_near <= 1e-5 and grad_near <= 5e-3
+    hi, lo = uniformity._bf16_parts(torch.nn.functional.normalize(near, dim=1))
+    torch.testing.assert_close(
+        uniformity._mm_fp32_out(hi.cuda(), lo.cuda().T).cpu(),
+        uniformity._mm_fp32_out(hi, lo.T),
+        rtol=0,
+        atol=1e-5 * 2**-8,  # lo is 2^-8 of the rows
+    )
 
 
 @pytest.mark.parametrize("kind", UNIFORMITY_KINDS)
@@ -146,7 +238,7 @@ def test_coincident_rows_are_clamped_and_pass_no_gradient_like_the_naive_clamp()
 def test_gradient_with_respect_to_the_unit_rows_themselves(kind):
     """The custom backward is exact for unit rows, not only after normalisation's projection."""
     u = torch.nn.functional.normalize(random_rows(9, 4, seed=9), dim=1).requires_grad_()
-    loss = uniformity._BlockedUniformity.apply(u, kind, T, 4, torch.float64, False)
+    loss = uniformity._BlockedUniformity.apply(u, kind, T, 4, "fp32", False)
     (grad,) = torch.autograd.grad(loss, u)
     u_ref = u.detach().clone().requires_grad_()
     d2 = (2 - 2 * u_ref @ u_ref.T)[~torch.eye(9, dtype=torch.bool)]

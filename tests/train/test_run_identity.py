@@ -58,6 +58,17 @@ def test_world_size_global_batch_and_precision_name_the_run(tiny_data, tmp_path)
     assert identity_of(resolved(explicit, 2)).run_name == ray2.run_name  # auto = fp32 on a CPU
 
 
+def test_the_uniformity_gram_precision_is_resolved_before_the_run_is_named(tiny_data, tmp_path):
+    job = make_job(tiny_data, tmp_path, loss={"name": "dr"})
+    assert job.loss.uniformity.gram_dtype == "auto"
+    cpu, gpu = resolved(job), resolved(job, use_gpu=True)
+    assert (cpu.loss.uniformity.gram_dtype, gpu.loss.uniformity.gram_dtype) == ("fp32", "bf16x3")
+    fp32 = make_job(tiny_data, tmp_path, loss={"name": "dr", "uniformity": {"gram_dtype": "fp32"}})
+    assert resolved(fp32).run_name() == cpu.run_name()  # auto = fp32 on a CPU: the same run
+    gpu_fp32 = resolved(fp32, use_gpu=True)
+    assert gpu_fp32.run_name() != gpu.run_name()  # on a GPU they train differently
+
+
 def test_a_checkpoint_folder_of_another_training_is_refused_naming_the_difference(
     tiny_data, tmp_path
 ):
