@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,12 +36,6 @@ from ltray.analysis.confusion import confusion_matrix, plot_confusion, shown_con
 from ltray.config import JobConfig
 from ltray.data import Manifest, read_manifest
 from ltray.data.profiles import GROUPS, shot_groups
-from ltray.data.stream import (
-    StreamingImageDataset,
-    build_batch_transform,
-    make_loader,
-    reading_options,
-)
 from ltray.errors import LtrayError
 from ltray.losses import build_loss, head_for
 from ltray.models import LinearHead, build_model, tau_normalized
@@ -52,7 +46,7 @@ from ltray.train.checkpoint import CHECKPOINT_FILE, load_state
 from ltray.train.decoupled import collect_features
 from ltray.train.device import Normalizer, Placement
 from ltray.train.evaluate import EvalCounts, evaluate
-from ltray.train.input_path import loader_workers
+from ltray.train.input_path import SplitInput, loader_workers, open_split
 from ltray.train.run_info import job_from_params
 from ltray.train.session import LOCAL_FOLDER
 
@@ -313,6 +307,7 @@ class Evaluator:
     storage_options: dict[str, Any]
     placement: Placement
     normalize: Normalizer
+    inputs: dict[str, SplitInput] = field(default_factory=dict)
 
     @classmethod
     def create(cls, source: Source, data_url: str, manifest: Manifest) -> Evaluator:
@@ -329,27 +324,28 @@ class Evaluator:
         normalize = Normalizer(placement, source.job.data.mean, source.job.data.std)
         return cls(source, data_url, manifest, dict(options), placement, normalize)
 
-    def _batches(self, split: str):
-        data = self.source.job.data
-        dataset = StreamingImageDataset(
-            self.data_url,
-            split,
-            batch_size=self.source.job.optim.batch_size,
-            rank=0,
-            world_size=1,
-            seed=self.source.job.seed,
-            shuffle=False,
-            equal_ranks=False,
-            shuffle_buffer=data.shuffle_buffer,
-            transform=build_batch_transform("none", data.image_size, False),
-            storage_options=self.storage_options,
-            verify_sha256=data.verify_sha256,
-            manifest=self.manifest,
-            sampler="plain",
-            **reading_options(data),
-        )
-        dataset.set_epoch(0)
-        return make_loader(dataset, num_workers=loader_workers(data, local_world_size=1))
+    def _batches(self, split: str) -> Iterator[dict[str, Any]]:
+        """``split`` read as training's evaluation reads it (:mod:`ltray.train.input_path`):
+        held on the GPU or decoded there where the job's data settings say so, streamed and
+        decoded by loader processes on the CPU; opened once, so a held split is decoded once."""
+        if split not in self.inputs:
+            data = self.source.job.data.model_copy(
+                update={"url": self.data_url, "storage_options": self.storage_options}
+            )
+            self.inputs[split] = open_split(
+                data,
+                self.manifest,
+                split,
+                train=False,
+                device=self.placement.device,
+                workers=loader_workers(data, local_world_size=1),
+                batch_size=self.source.job.optim.batch_size,
+                rank=0,
+                world_size=1,
+                seed=self.source.job.seed,
+                sampler="plain",
+            )
+        return self.inputs[split].epoch(0)
 
     def run(self, split: str, keep_features: bool = False) -> SplitPass:
         """Training's evaluation of ``split`` (:func:`ltray.train.evaluate.evaluate`)."""

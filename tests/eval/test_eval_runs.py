@@ -240,3 +240,33 @@ def test_a_checkpoint_logs_where_log_to_says(trained, tmp_path):
         )
         == f"error: no MLflow run '{'f' * 32}' in {trained.tracking_uri}"
     )
+
+
+def test_eval_reads_through_training_input_paths_a_held_split_decoded_once(trained, monkeypatch):
+    """A job that holds its data on the device (here the CPU device) is evaluated from the held
+    set, read and decoded once however often the split is passed over, with the numbers the
+    streamed path gives."""
+    from ltray.train import input_path
+
+    source = evaluation.open_source(str(trained.run_folder), trained.tracking_uri)
+    manifest = evaluation.read_manifest(trained.data)
+    streamed = evaluation.Evaluator.create(source, trained.data, manifest).run("test")
+    held_sets = []
+    real = input_path.DeviceImageSet
+
+    def counted(*args, **kwargs):
+        held_sets.append(real(*args, **kwargs))
+        return held_sets[-1]
+
+    monkeypatch.setattr(input_path, "DeviceImageSet", counted)
+    data = source.job.data.model_copy(update={"on_device": True})
+    source.job = source.job.model_copy(update={"data": data})
+    evaluator = evaluation.Evaluator.create(source, trained.data, manifest)
+    first, again = evaluator.run("test"), evaluator.run("test")
+    features, labels = evaluator.features("test")
+    assert len(held_sets) == 1 and evaluator.inputs["test"].path == "device"
+    for passed in (first, again):
+        for name in ("correct", "seen", "correct_top5", "calibration"):
+            assert torch.equal(getattr(passed.counts, name), getattr(streamed.counts, name))
+        assert torch.equal(torch.cat(passed.predicted), torch.cat(streamed.predicted))
+    assert torch.equal(labels, torch.cat(streamed.labels)) and len(features) == len(labels)
