@@ -46,16 +46,33 @@ CIFAR_NORM = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
 
 class Step:
-    """One training step of ``arch`` on uint8 batches: what ``ltray train`` does per batch."""
+    """One training step of ``arch`` on uint8 batches: what ``ltray train`` does per batch,
+    with its defaults on this device (bf16, channels_last and fused SGD on GPUs) unless the
+    keywords say otherwise (bench_step.py times each)."""
 
-    def __init__(self, arch: str, classes: int, device: torch.device, data: DataConfig) -> None:
-        model_cfg = ModelConfig(arch=arch)
-        self.placement = Placement.create(device, ScalingConfig(), model_cfg)
+    def __init__(
+        self,
+        arch: str,
+        classes: int,
+        device: torch.device,
+        data: DataConfig,
+        *,
+        precision: str = "auto",
+        channels_last: bool = True,
+        fused: bool | None = None,
+        compile: bool = False,
+    ) -> None:
+        model_cfg = ModelConfig(arch=arch, channels_last=channels_last)
+        scaling = ScalingConfig(precision=precision)
+        self.placement = Placement.create(device, scaling, model_cfg)
         self.model = self.placement.prepare_module(build_model(model_cfg, classes))
-        fused = {"fused": True} if device.type == "cuda" else {}
+        if compile:
+            self.model.compile()
+        fused = device.type == "cuda" if fused is None else fused
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4, **fused
-        )
+            self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4,
+            **({"fused": True} if fused else {}),  # else torch's default: foreach on GPUs
+        )  # fmt: skip
         self.normalize = Normalizer(self.placement, data.mean, data.std)
         self.device = device
 

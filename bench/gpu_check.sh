@@ -9,7 +9,8 @@
 #   3. bench/bench_pipeline.py --full: ResNet-50 at 224 and ResNet-32 at 32 fed by ltray's
 #      pipeline against synthetic batches on the device;
 #   4. bench/bench_uniformity.py: the dr uniformity term against a ResNet-50 step, alone and
-#      inside the step (what a user pays), fused and not;
+#      inside the step (what a user pays), fused and not; bench/bench_step.py: what bf16,
+#      channels_last and fused SGD each buy;
 #   5. bench/bench_scaling.py and bench/bench_stream.py: need Ray (skipped without it);
 #   6. host synchronisations inside the step loop (LTRAY_SYNC_DEBUG=warn, GPU decode path);
 #   7. the reproduction: ce, balanced_softmax, dr and dr with prior_tau on CIFAR-10-LT IF 100,
@@ -141,10 +142,13 @@ if part bench && [ "$QUICK" = 1 ]; then
         --cache /tmp/gpu-check-bench ${data:+--data "$data"}
     run uniformity 120 "$PY" bench/bench_uniformity.py --device "$DEVICE" --classes 256 \
         --batch 2 --image-size 64 --repeats 1
+    run step 60 "$PY" bench/bench_step.py --device "$DEVICE" --steps 2 --models resnet32
 elif part bench; then
     run uniformity 90 "$PY" bench/bench_uniformity.py --device "$DEVICE" --classes 1000 8142
     run pipeline $(( $(left) > 200 ? 150 : $(left) - 30 )) "$PY" bench/bench_pipeline.py \
         --device "$DEVICE" --full --cache /tmp/gpu-check-bench
+    [ "$(left)" -gt 40 ] && run step "$(( $(left) > 100 ? 90 : $(left) - 10 ))" "$PY" \
+        bench/bench_step.py --device "$DEVICE"
     if [ "$DEVICE" = cuda ]; then  # the default's alternatives, at 8,142 classes
         [ "$(left)" -gt 20 ] && run uniformity-fp32 "$(( $(left) - 10 ))" "$PY" \
             bench/bench_uniformity.py --device cuda --classes 8142 --gram fp32
