@@ -10,7 +10,8 @@
 #      pipeline against synthetic batches on the device;
 #   4. bench/bench_uniformity.py: the dr uniformity term against a ResNet-50 step, alone and
 #      inside the step (what a user pays), fused and not; bench/bench_step.py: what bf16,
-#      channels_last and fused SGD each buy;
+#      channels_last and fused SGD each buy; bench/bench_decode.py: torchvision's nvjpeg
+#      against TorchCodec's (its wheel travels in .whl/; skipped where it does not load);
 #   5. bench/bench_scaling.py and bench/bench_stream.py: need Ray (skipped without it);
 #   6. host synchronisations inside the step loop (LTRAY_SYNC_DEBUG=warn, GPU decode path);
 #   7. the reproduction: ce, balanced_softmax, dr and dr with prior_tau on CIFAR-10-LT IF 100,
@@ -143,12 +144,15 @@ if part bench && [ "$QUICK" = 1 ]; then
     run uniformity 120 "$PY" bench/bench_uniformity.py --device "$DEVICE" --classes 256 \
         --batch 2 --image-size 64 --repeats 1
     run step 60 "$PY" bench/bench_step.py --device "$DEVICE" --steps 2 --models resnet32
+    run decode 60 "$PY" bench/bench_decode.py --device "$DEVICE" --images 64 ${data:+--data "$data"}
 elif part bench; then
     run uniformity 90 "$PY" bench/bench_uniformity.py --device "$DEVICE" --classes 1000 8142
     run pipeline $(( $(left) > 200 ? 150 : $(left) - 30 )) "$PY" bench/bench_pipeline.py \
         --device "$DEVICE" --full --cache /tmp/gpu-check-bench
     [ "$(left)" -gt 40 ] && run step "$(( $(left) > 100 ? 90 : $(left) - 10 ))" "$PY" \
         bench/bench_step.py --device "$DEVICE"
+    [ "$(left)" -gt 30 ] && run decode "$(( $(left) > 70 ? 60 : $(left) - 10 ))" "$PY" \
+        bench/bench_decode.py --device "$DEVICE" --cache /tmp/gpu-check-bench
     if [ "$DEVICE" = cuda ]; then  # the default's alternatives, at 8,142 classes
         [ "$(left)" -gt 20 ] && run uniformity-fp32 "$(( $(left) - 10 ))" "$PY" \
             bench/bench_uniformity.py --device cuda --classes 8142 --gram fp32

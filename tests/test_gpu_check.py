@@ -36,7 +36,7 @@ def test_the_gpu_check_runs_in_cpu_mode_and_writes_its_summary_and_logs(tmp_path
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = (out / "summary.md").read_text()
     assert "no CUDA device" in summary
-    for part in ("pipeline", "uniformity", "step"):
+    for part in ("pipeline", "uniformity", "step", "decode"):
         assert f"- {part}: exit 0 in " in summary, summary
     for part in ("cuda-tests", "host-syncs"):  # what needs CUDA says so
         assert f"- {part}: skipped: " in summary, summary
@@ -46,6 +46,7 @@ def test_the_gpu_check_runs_in_cpu_mode_and_writes_its_summary_and_logs(tmp_path
     assert "ratio (pipeline / synthetic" in _member(out, "logs/pipeline.txt")
     assert "ratio: the term's share of the step at C = 256" in _member(out, "logs/uniformity.txt")
     assert "ratio (ltray's GPU step / plain fp32): resnet32" in _member(out, "logs/step.txt")
+    assert "torchvision" in _member(out, "logs/decode.txt")
     if "prepare: skipped" in summary:
         return
     rows = [line for line in summary.splitlines() if line.startswith("| ")][2:]
