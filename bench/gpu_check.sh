@@ -148,7 +148,7 @@ if part bench && [ "$QUICK" = 1 ]; then
 elif part bench; then
     run uniformity 90 "$PY" bench/bench_uniformity.py --device "$DEVICE" --classes 1000 8142
     run pipeline $(( $(left) > 200 ? 150 : $(left) - 30 )) "$PY" bench/bench_pipeline.py \
-        --device "$DEVICE" --full --cache /tmp/gpu-check-bench
+        --device "$DEVICE" --full --cache /tmp/gpu-check-bench ${data:+--data "$data"}
     [ "$(left)" -gt 40 ] && run step "$(( $(left) > 100 ? 90 : $(left) - 10 ))" "$PY" \
         bench/bench_step.py --device "$DEVICE"
     [ "$(left)" -gt 30 ] && run decode "$(( $(left) > 70 ? 60 : $(left) - 10 ))" "$PY" \
