@@ -19,7 +19,7 @@
 #
 # GPU_CHECK_PARTS picks parts (default "tests syncs repro bench"). On an H100 the four 200-epoch
 # runs take up to 8 minutes (dr: 2.4 s an epoch, 4 side by side), so a 15-minute device budget
-# runs "repro" alone in one call (GPU_CHECK_SECONDS=570) and "tests syncs bench" in a second.
+# runs "repro" alone in one call (GPU_CHECK_SECONDS=570) and "tests bench" in a second.
 # On the CPU it runs too: GPU_CHECK_QUICK=1 shrinks every part to seconds (tests/test_gpu_check.py
 # runs it so), and the parts that need CUDA say so and skip.
 # Needs python3 with torch, torchvision, pyarrow, fsspec, typer, rich, pyyaml. What a bare GPU box
