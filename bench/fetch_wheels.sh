@@ -5,7 +5,8 @@
 # and TorchCodec alone (bench/bench_decode.py compares its nvjpeg decoder with torchvision's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+rm -rf .whl  # afresh: two versions of a package would make the check's pip refuse them all
 version() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
 "$PY" -m pip download -q --dest .whl --python-version 3.12 --platform manylinux2014_x86_64 \
     --only-binary=:all: "pydantic==$(version pydantic)" "pytest==$(version pytest)"

@@ -32,8 +32,15 @@ LOGS=$OUT/logs
 mkdir -p "$LOGS"
 PY=${PYTHON:-python3}
 if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import pydantic" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/gpu-check-site .whl/*.whl > "$LOGS/pip.txt" 2>&1
+    # TorchCodec on its own: only bench_decode.py wants it, and a wheel this box refuses
+    # must not keep pydantic and pytest from installing
+    for wheels in "$(ls .whl/*.whl | grep -v /torchcodec-)" "$(ls .whl/torchcodec-*.whl 2>/dev/null)"; do
+        [ -n "$wheels" ] || continue
+        # shellcheck disable=SC2086 # one wheel path a word
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/gpu-check-site $wheels >> "$LOGS/pip.txt" 2>&1 \
+            || echo "pip refused: $wheels" >> "$LOGS/pip.txt"
+    done
     export PYTHONPATH=/tmp/gpu-check-site:$PWD
 else
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
