@@ -1,5 +1,6 @@
-"""Ray Train runs with 2 CPU workers: every loss of design.md on the real CIFAR-10-LT, and a run
-whose data set and checkpoints both live on S3 (a real S3-compatible server on 127.0.0.1)."""
+"""Every loss of design.md on the real CIFAR-10-LT: those with a path of their own through the
+distributed loop as Ray Train runs with 2 CPU workers, the rest in-process; and a Ray run whose
+data set and checkpoints both live on S3 (a real S3-compatible server on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -28,33 +29,35 @@ def shared_tracking(tmp_path_factory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
 
 
-@pytest.mark.shared_data
-@pytest.mark.parametrize("loss", LOSS_NAMES)
-def test_two_worker_run_completes_with_its_mlflow_run(
-    loss, cifar_lt_100_val50, tmp_path, local_ray, shared_tracking
-):
-    """Every method, two epochs on 2 Ray workers, on CIFAR-10-LT with a val split of 50 per
-    class: evaluation each epoch on val, test once at the end, selection on val only."""
-    job = make_job(
-        cifar_lt_100_val50,
+# each of these takes a path of its own through the distributed loop: the plain one, loss
+# parameters and the ring radius averaged over ranks (and the logged model), the second stage's
+# retrained head, its features gathered for tau, MaxNorm; the other losses differ from ce only
+# in their arithmetic (tests/method) and train in-process below, which costs seconds, not 20 s
+ON_RAY = ("ce", "dr", "crt", "tau_norm", "weight_balancing")
+
+
+def cifar_job(loss, data, tmp_path, tracking, workers):
+    return make_job(
+        data,
         tmp_path,
         name=f"cifar-{loss}",
-        tracking={"uri": shared_tracking, "experiment": loss, "log_model": loss == "dr"},
+        tracking={"uri": tracking, "experiment": loss, "log_model": loss == "dr"},
         model={"num_classes": 10},
         loss={"name": loss, "drw_epoch": 1, "decoupled": {"epochs": 1}},
-        scaling={"num_workers": 2},
+        scaling={"num_workers": workers},
         schedule={"epochs": 2, "max_steps_per_epoch": 2, "max_eval_batches": 2},
     )
-    final = run_job(job).metrics
+
+
+def check_run(job, final, loss):
+    """Evaluation each epoch on val, test once at the end, selection on val only."""
     assert 0.0 <= final["test/acc"] <= 100.0
     client = mlflow.MlflowClient(job.tracking.uri)
     experiment = client.get_experiment_by_name(loss)
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.tags["ltray.method"] == loss
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss_total")] == [
-        0,
-        1,
-    ]
+    history = client.get_metric_history(run.info.run_id, "train/loss_total")
+    assert [m.step for m in history] == [0, 1]
     assert "test/acc" in run.data.metrics
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
     if loss in TWO_STAGE_METHODS:
@@ -63,6 +66,26 @@ def test_two_worker_run_completes_with_its_mlflow_run(
         by_tau = [final[f"stage2/val_acc_by_tau/{tau:g}"] for tau in job.loss.decoupled.tau_grid]
         best = job.loss.decoupled.tau_grid[by_tau.index(max(by_tau))]
         assert final["stage2/tau"] == best and final["stage2/val_acc"] == max(by_tau)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("loss", ON_RAY)
+def test_two_worker_run_completes_with_its_mlflow_run(
+    loss, cifar_lt_100_val50, tmp_path, local_ray, shared_tracking
+):
+    """Two epochs on 2 Ray workers, on CIFAR-10-LT with a val split of 50 per class."""
+    job = cifar_job(loss, cifar_lt_100_val50, tmp_path, shared_tracking, workers=2)
+    check_run(job, run_job(job).metrics, loss)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("loss", [name for name in LOSS_NAMES if name not in ON_RAY])
+def test_every_other_loss_completes_in_process_with_its_mlflow_run(
+    loss, cifar_lt_100_val50, tmp_path, shared_tracking
+):
+    """The same two epochs with ``--local``, for the losses whose loop is ce's."""
+    job = cifar_job(loss, cifar_lt_100_val50, tmp_path, shared_tracking, workers=1)
+    check_run(job, run_job(job, local=True).metrics, loss)
 
 
 def test_data_and_checkpoints_on_s3(tiny_data, s3_options, tmp_path, local_ray):
