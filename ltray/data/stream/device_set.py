@@ -19,7 +19,7 @@ position means the same thing on either path.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 from ltray.data.gpu_decode import to_device
 from ltray.data.manifest import Manifest
 from ltray.data.stream import order
+from ltray.data.stream.batch_augment import BatchTransform
 from ltray.data.stream.dataset import (
     StreamingImageDataset,
     batch_generator,
@@ -35,9 +36,6 @@ from ltray.data.stream.dataset import (
     make_loader,
 )
 from ltray.errors import LtrayError
-
-# (uint8 [B, 3, H, W] on the device, CPU generator) -> uint8 [B, 3, S, S] on the device
-BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 # "comfortably": the set takes at most this share of the device's free memory, leaving the
 # rest to the model, its activations and the allocator's fragmentation
