@@ -41,6 +41,9 @@ from ltray.data.stream import StreamingImageDataset, make_loader
 from ltray.errors import LtrayError
 
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# where bench/gpu_check.sh's carried copy lies on a GPU box (no ../shared there)
+CIFAR_COPY = Path(__file__).resolve().parents[1] / ".device-data" / "cifar10-jpeg.tar.gz"
+PHOTO_SIDE = 400  # a typical ImageNet photo's shorter side is 333-500 px
 
 
 def dataset(cache: Path, name: str, make: Callable[[str], None]) -> str:
@@ -52,6 +55,31 @@ def dataset(cache: Path, name: str, make: Callable[[str], None]) -> str:
         print(f"preparing {out} ...", flush=True)
         make(str(out))
     return str(out)
+
+
+def small_set(cache: Path) -> tuple[str, str]:
+    """(url, description) of a 32 px set: CIFAR-10-LT IF 100 from the archive (../shared/data
+    or .device-data), else a generated one of about its size."""
+    archive = next((p for p in (CIFAR, CIFAR_COPY) if p.is_file()), None)
+    if archive is None:
+        plan = sources.synthetic(classes=10, n_max=1200, imbalance=10.0, image_size=32)
+        url = dataset(cache, "synthetic-32px", lambda out: prepare(plan, out))
+        return url, "synthetic 32 px JPEG (no CIFAR archive here)"
+    url = dataset(
+        cache,
+        "cifar10-lt-100",
+        lambda out: prepare_from(lambda s: sources.cifar_lt(str(archive), s, imbalance=100), out),
+    )
+    return url, "CIFAR-10-LT IF 100 (32 px JPEG)"
+
+
+def photo_set(cache: Path, per_class: int) -> str:
+    """A generated set of photos' size: 100 balanced classes of ``per_class`` JPEGs of
+    PHOTO_SIDE px, train split only."""
+    plan = sources.synthetic(
+        classes=100, n_max=per_class, imbalance=1.0, image_size=PHOTO_SIDE, test_per_class=0
+    )
+    return dataset(cache, f"synthetic-{PHOTO_SIDE}px-{per_class}", lambda out: prepare(plan, out))
 
 
 REPEATS = 3

@@ -27,12 +27,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 import torchvision.io as tvio
-from bench_data import dataset  # noqa: E402 - bench/ is the script's folder, on sys.path
+from bench_data import PHOTO_SIDE, photo_set, small_set  # noqa: E402 - bench/ is the script's folder, on sys.path
 
-from ltray.data.prepare import prepare, prepare_from, sources
-
-CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-CIFAR_COPY = Path(__file__).resolve().parents[1] / ".device-data" / "cifar10-jpeg.tar.gz"
 Decoder = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
 
@@ -82,25 +78,11 @@ def images_per_s(decode: Decoder, images: list[torch.Tensor], batch: int, device
 
 
 def default_sets(cache: Path, on_gpu: bool) -> list[tuple[str, str, int]]:
-    """(name, url, images to decode) of the 32 px and the 400 px set, prepared once."""
-    archive = next((p for p in (CIFAR, CIFAR_COPY) if p.is_file()), None)
-    if archive is not None:
-        small = dataset(
-            cache,
-            "cifar10-lt-100",
-            lambda out: prepare_from(
-                lambda s: sources.cifar_lt(str(archive), s, imbalance=100), out
-            ),
-        )
-    else:
-        plan = sources.synthetic(classes=10, n_max=1200, imbalance=10.0, image_size=32)
-        small = dataset(cache, "synthetic-32px", lambda out: prepare(plan, out))
-    per_class = 20 if on_gpu else 4  # bench_pipeline.py --full's set, shared through --cache
-    plan = sources.synthetic(
-        classes=100, n_max=per_class, imbalance=1.0, image_size=400, test_per_class=0
-    )
-    large = dataset(cache, f"synthetic-400px-{per_class}", lambda out: prepare(plan, out))
-    return [("32 px", small, 8192 if on_gpu else 4000), ("400 px", large, 2000)]
+    """(name, url, images to decode) of the 32 px set and the photo-size one, the sets
+    bench_pipeline.py uses (shared through --cache)."""
+    small, _ = small_set(cache)
+    large = photo_set(cache, 20 if on_gpu else 4)
+    return [("32 px", small, 8192 if on_gpu else 4000), (f"{PHOTO_SIDE} px", large, 2000)]
 
 
 def main() -> None:

@@ -30,18 +30,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_data import dataset  # noqa: E402 - bench/ is the script's folder, on sys.path
+from bench_data import PHOTO_SIDE, photo_set, small_set  # noqa: E402 - bench/ is the script's folder, on sys.path
 
 from ltray.config import DataConfig, ModelConfig, ScalingConfig
 from ltray.data import read_manifest
-from ltray.data.prepare import prepare, prepare_from, sources
 from ltray.errors import LtrayError
 from ltray.models import build_model
 from ltray.train.device import Normalizer, Placement
 from ltray.train.input_path import auto_loader_workers, open_split
 
-CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-CIFAR_COPY = Path(__file__).resolve().parents[1] / ".device-data" / "cifar10-jpeg.tar.gz"
 CIFAR_NORM = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
 
@@ -171,24 +168,13 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     ratios: dict[str, dict[str, float]] = {}
 
-    archive = next((p for p in (CIFAR, CIFAR_COPY) if p.is_file()), None)
     cifar_data = DataConfig(url="", image_size=32, augment="cifar", mean=CIFAR_NORM[0],
                             std=CIFAR_NORM[1])  # fmt: skip
     if args.data:
         url, title = args.data, f"ResNet-32, {args.data}"
-    elif archive is not None:
-        url = dataset(
-            args.cache,
-            "cifar10-lt-100",
-            lambda out: prepare_from(
-                lambda s: sources.cifar_lt(str(archive), s, imbalance=100), out
-            ),
-        )
-        title = "ResNet-32, CIFAR-10-LT IF 100 (32 px JPEG)"
     else:
-        plan = sources.synthetic(classes=10, n_max=1200, imbalance=10.0, image_size=32)
-        url = dataset(args.cache, "synthetic-32px", lambda out: prepare(plan, out))
-        title = "ResNet-32, synthetic 32 px JPEG (no CIFAR archive here)"
+        url, described = small_set(args.cache)
+        title = f"ResNet-32, {described}"
     steps = args.steps or (200 if on_gpu else 12)
     batch = 128 if on_gpu else 64
     ratios["resnet32"] = bench_model(
@@ -196,16 +182,11 @@ def main() -> None:
     )
 
     if args.full:
-        side = 400  # a typical ImageNet photo's shorter side is 333-500 px
-        per_class = 20 if on_gpu else 4  # 2,000 images: 8 batches of 256 an epoch
-        plan = sources.synthetic(classes=100, n_max=per_class, imbalance=1.0, image_size=side,
-                                 test_per_class=0)  # fmt: skip
-        name = f"synthetic-{side}px-{per_class}"
-        url = dataset(args.cache, name, lambda out: prepare(plan, out))
+        url = photo_set(args.cache, 20 if on_gpu else 4)  # GPU: 8 batches of 256 an epoch
         data = DataConfig(url="", image_size=224, augment="imagenet")
         steps = args.steps or (60 if on_gpu else 4)
         ratios["resnet50"] = bench_model(
-            f"ResNet-50, synthetic {side} px JPEG at 224", "resnet50", url, data,
+            f"ResNet-50, synthetic {PHOTO_SIDE} px JPEG at 224", "resnet50", url, data,
             256 if on_gpu else 16, device, max(5, steps // 4), steps, workers, hold=False,
         )  # fmt: skip
 
