@@ -67,9 +67,10 @@ from ltray.train.session import LocalSession, RaySession, Session, fetch_secrets
 from ltray.train.storage import Storage
 
 FAILURE_FILE = "failure.txt"
-# "warn" or "error": torch reports any host synchronisation inside the step loop on a GPU,
-# from its third step on (bench/gpu_check.sh sets it; the loop reads the device only at
-# log_every_steps, and a mid-epoch checkpoint's save)
+# "warn" or "error": any host synchronisation inside the step loop is reported from its third
+# step on, by torch on a GPU and by ltray.train.host_reads elsewhere (bench/gpu_check.sh and
+# the suite set it; the loop reads the device only at log_every_steps, and a mid-epoch
+# checkpoint's save)
 SYNC_DEBUG_ENV = "LTRAY_SYNC_DEBUG"
 
 
