@@ -416,7 +416,8 @@ def constraint_problems(
     constraints_text: str, pyproject: Mapping[str, Any], makefile_text: str, base_image: str
 ) -> list[str]:
     """Every constraint an exact pin; each within pyproject.toml's range for that package; torch
-    and torchvision as the Makefile pins them; ray as the base image's."""
+    and torchvision as the Makefile pins them; ray as the base image's; the Makefile's install of
+    the project under the same constraints."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
@@ -443,6 +444,10 @@ def constraint_problems(
     for name, version in re.findall(r"(torch|torchvision)==([\w.+]+)", makefile_text):
         if pins.get(name) != version:
             problems.append(f"constraints.txt: {name} {pins.get(name)}, the Makefile's {version}")
+    if "CONSTRAINTS := docker/constraints.txt" not in makefile_text or not re.search(
+        r"pip install .*-c \$\(CONSTRAINTS\) -e \"\.\[dev\]\"", makefile_text
+    ):
+        problems.append("Makefile: the project is installed without -c docker/constraints.txt")
     base_ray = re.search(r"rayproject/ray:(\d+\.\d+\.\d+)", base_image)
     if base_ray is None or pins.get("ray") != base_ray.group(1):
         problems.append(

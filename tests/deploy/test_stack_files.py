@@ -48,11 +48,11 @@ def replace(old: str, new: str, count: int = 1) -> Callable[[str], str]:
     return lambda text: text.replace(old, new, count)
 
 
-def constraints_check(constraints: str, dockerfile: str) -> list[str]:
+def constraints_check(constraints: str, dockerfile: str, makefile: str | None = None) -> list[str]:
     return constraint_problems(
         constraints,
         tomllib.loads((REPO / "pyproject.toml").read_text()),
-        (REPO / "Makefile").read_text(),
+        (REPO / "Makefile").read_text() if makefile is None else makefile,
         dockerfile_base(dockerfile),
     )
 
@@ -324,6 +324,16 @@ def test_broken_constraints_are_caught(tmp_path, edit, problem):
     broken = edited_copy(tmp_path, edit, "constraints.txt").read_text()
     problems = constraints_check(broken, (DOCKER / "Dockerfile").read_text())
     assert problem in problems, problems
+
+
+def test_a_makefile_install_without_the_constraints_is_caught():
+    makefile = (REPO / "Makefile").read_text()
+    unpinned = makefile.replace("-c $(CONSTRAINTS) -e", "-e")
+    assert unpinned != makefile
+    problems = constraints_check(
+        (DOCKER / "constraints.txt").read_text(), (DOCKER / "Dockerfile").read_text(), unpinned
+    )
+    assert problems == ["Makefile: the project is installed without -c docker/constraints.txt"]
 
 
 # The native stack (test_native_stack.py) skips, never fails, on a machine without PostgreSQL.
