@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -64,6 +65,25 @@ def create_sqlite_folder(uri: str) -> None:
     """A ``sqlite:///runs/mlflow.db`` store's folder is made on first use, like the file."""
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def sqlite_schema_lock(uri: str) -> Iterator[None]:
+    """Hold ``<file>.lock`` beside a SQLite store while MLflow creates or upgrades its tables.
+    MLflow does that on a process's first use of the file; two processes doing it at once (two
+    ``ltray train`` started together on a new file) collide ("duplicate column name: step") and
+    one of them fails. Other stores need no lock: a server migrates once, at its start."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri[len("sqlite:///") :])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -149,15 +169,24 @@ class MlflowTracker:
         self.run_id: str | None = None
         self._logged: set[int] = set()
         mlflow.set_tracking_uri(self.uri)
-        self.client = mlflow.MlflowClient(self.uri)
+        with sqlite_schema_lock(self.uri):
+            self.client = mlflow.MlflowClient(self.uri)
+            self.client.search_experiments(max_results=1)  # makes or upgrades a SQLite store
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)
         if found is not None:
             return found.experiment_id
-        return self.client.create_experiment(
-            self.experiment, artifact_location=self.artifact_location
-        )
+        try:
+            return self.client.create_experiment(
+                self.experiment, artifact_location=self.artifact_location
+            )
+        except self.mlflow.exceptions.MlflowException:
+            # another process created it between the lookup and here
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
 
     def _find_run(self, experiment_id: str, run_name: str) -> str | None:
         runs = self.client.search_runs(

@@ -3,7 +3,10 @@
 import base64
 import http.server
 import os
+import subprocess
+import sys
 import threading
+import time
 from urllib.parse import quote
 
 import pytest
@@ -177,6 +180,61 @@ def test_a_data_set_logged_by_two_runs_at_once_is_logged_after_the_collision(tmp
     other.client.log_inputs = lambda *a, **k: (_ for _ in ()).throw(MlflowException("boom"))
     with pytest.raises(MlflowException, match="boom"):
         other.log_dataset(str(tmp_path), "tiny", "f" * 64)
+
+
+START_ON_SIGNAL = """
+import pathlib, sys, time
+from ltray.tracking import MlflowTracker
+folder = pathlib.Path(sys.argv[1])
+(folder / f"ready-{sys.argv[2]}").touch()
+while not (folder / "go").exists():
+    time.sleep(0.01)
+tracker = MlflowTracker(f"sqlite:///{folder}/mlflow.db", "exp")
+tracker.start(f"job-{sys.argv[2]}", {}, {})
+tracker.finish()
+"""
+
+
+@pytest.mark.slow
+def test_runs_started_at_once_on_a_new_sqlite_file_all_start(tmp_path):
+    """MLflow creates a SQLite store's tables on first use; without ltray's lock, processes
+    doing that at once fail ("duplicate column name: step", "table runs already exists"): two of
+    three did in every try before the lock."""
+    starts = [
+        subprocess.Popen([sys.executable, "-c", START_ON_SIGNAL, str(tmp_path), str(i)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(3)
+    ]  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    outputs = [start.communicate(timeout=120)[0] for start in starts]
+    assert [start.returncode for start in starts] == [0, 0, 0], outputs
+    tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", "exp")
+    experiment = tracker.client.get_experiment_by_name("exp").experiment_id
+    names = {run.info.run_name for run in tracker.client.search_runs([experiment])}
+    assert names == {"job-0", "job-1", "job-2"}
+
+
+def test_an_experiment_made_by_another_process_meanwhile_is_used(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker, other = MlflowTracker(uri, "exp"), MlflowTracker(uri, "exp")
+    lookup = tracker.client.get_experiment_by_name
+    lookups = []
+
+    def made_after_the_first_lookup(name):
+        lookups.append(name)
+        if len(lookups) == 1:
+            other.client.create_experiment(name)
+            return None
+        return lookup(name)
+
+    tracker.client.get_experiment_by_name = made_after_the_first_lookup
+    tracker.start("job-abc", {}, {})
+    assert len(lookups) == 2
+    run = tracker.client.get_run(tracker.run_id)
+    assert run.info.experiment_id == lookup("exp").experiment_id
 
 
 def test_a_database_error_is_told_by_its_first_line():
