@@ -1,6 +1,7 @@
 """The ``ltray`` command's edge: one ``error: ...`` line and exit status 1 on bad input."""
 
 from collections import Counter
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -111,3 +112,17 @@ def test_the_demo_sweep_is_skipped_with_a_line_on_a_set_without_val(tmp_path, ca
     job.data.url = str(data)
     run_demo_sweep(demo_job_sweep({"name": "d", "data": {"url": str(data)}}), job)
     assert "has none: skipped" in capsys.readouterr().out
+
+
+def test_a_capped_run_says_its_numbers_are_a_smoke_tests():
+    from ltray.cli.train import smoke_caps
+    from ltray.config import load_job
+
+    job_file = Path(__file__).parents[1] / "jobs" / "cifar10_lt.yaml"
+    assert smoke_caps(load_job(job_file)) is None
+    capped = load_job(job_file, ["schedule.max_eval_batches=2"])
+    assert smoke_caps(capped) == (
+        "  (capped by schedule.max_eval_batches=2: a smoke test's numbers, not the split's)"
+    )
+    both = load_job(job_file, ["schedule.max_eval_batches=2", "schedule.max_steps_per_epoch=3"])
+    assert "schedule.max_steps_per_epoch=3, schedule.max_eval_batches=2" in smoke_caps(both)

@@ -32,6 +32,8 @@ def train(
         with quiet_unless(verbose):
             result = run_job(job, local=local, fresh=fresh)
     print_final(result.run_name, result.metrics)
+    if capped := smoke_caps(job):
+        print(capped)
     for line in where_to_look(job, result.mlflow_run_id):
         print(line)
 
@@ -42,6 +44,24 @@ def print_final(run_name: str, final: dict[str, float]) -> None:
     for key in sorted(shown):
         value = shown[key]
         print(f"  {key}: {value:.2f}" if isinstance(value, float) else f"  {key}: {value}")
+
+
+def smoke_caps(job: JobConfig) -> str | None:
+    """A line saying that the run's numbers are a smoke test's, where the schedule capped its
+    steps or its evaluation: a split's first batches can be one class (test is stored class by
+    class), and a capped test accuracy reads like a real one."""
+    schedule = job.schedule
+    caps = [
+        f"schedule.{name}={value}"
+        for name, value in (
+            ("max_steps_per_epoch", schedule.max_steps_per_epoch),
+            ("max_eval_batches", schedule.max_eval_batches),
+        )
+        if value is not None
+    ]
+    if not caps:
+        return None
+    return f"  (capped by {', '.join(caps)}: a smoke test's numbers, not the split's)"
 
 
 def where_to_look(job: JobConfig, run_id: str | None) -> list[str]:
