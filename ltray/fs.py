@@ -9,6 +9,7 @@ never prints a key.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import os
@@ -230,3 +231,19 @@ def local_path(url: str, storage_options: StorageOptions = None) -> str | None:
     """The OS path of a local URL, or None for remote ones."""
     fs, path = get_fs(url, storage_options)
     return path if is_local(fs) else None
+
+
+@contextlib.contextmanager
+def local_lock(path: str | os.PathLike[str], wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive flock on the local file ``path`` (made if missing) for the block;
+    yields False when ``wait`` is False and another holder has it. POSIX only (``fcntl``)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ltray.errors import LtrayError
+from ltray.fs import local_lock
 from ltray.secrets import public_url, redact_url, scrub, url_credentials
 
 RUN_NAME_TAG = "ltray.run_name"
@@ -76,14 +76,9 @@ def sqlite_schema_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    path = Path(uri[len("sqlite:///") :])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    create_sqlite_folder(uri)
+    with local_lock(uri[len("sqlite:///") :] + ".lock"):
+        yield
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:

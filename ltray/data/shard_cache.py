@@ -35,12 +35,10 @@ Temporary files left by a process that died mid-fetch are deleted by the next ev
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import uuid
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -85,7 +83,7 @@ class ShardCache:
         os.makedirs(self.folder, exist_ok=True)
         target = self.path(info)
         lock = self._lock_path(info.sha256)
-        with _locked(lock, wait=True):
+        with fs.local_lock(lock, wait=True):
             handle = self._open_verified(target, info, lock)
             if handle is None:
                 self._make_room(info.bytes, keep=target)
@@ -155,7 +153,7 @@ class ShardCache:
         folder = Path(self.folder)
         for tmp in folder.glob(".*.tmp-*"):
             sha256 = tmp.name[1:].split(".tmp-")[0]
-            with _locked(self._lock_path(sha256), wait=False) as free:
+            with fs.local_lock(self._lock_path(sha256), wait=False) as free:
                 if free:
                     tmp.unlink(missing_ok=True)
         cached = []
@@ -169,26 +167,10 @@ class ShardCache:
                 return
             if path == keep:
                 continue
-            with _locked(self._lock_path(path.name[: -len(_SUFFIX)]), wait=False) as free:
+            with fs.local_lock(self._lock_path(path.name[: -len(_SUFFIX)]), wait=False) as free:
                 if free:
                     path.unlink(missing_ok=True)
                     total -= size
-
-
-@contextlib.contextmanager
-def _locked(path: Path, wait: bool) -> Iterator[bool]:
-    """Hold an exclusive flock on ``path`` for the block; yields False when ``wait`` is False
-    and another holder has it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _identity(stat: os.stat_result) -> str:
