@@ -116,6 +116,7 @@ def bench_model(
     workers: int,
     hold: bool = True,
 ) -> dict[str, float]:
+    started = time.monotonic()
     manifest = read_manifest(url)
     step = Step(arch, manifest.num_classes, device, data)
     size = data.image_size
@@ -146,6 +147,7 @@ def bench_model(
             continue
         label = f"{name} ({source.path})" if name == "auto" else name
         rates[label] = images_per_s(step, epochs_of(source), warmup, steps)
+        print(f"  [{time.monotonic() - started:.0f} s] {title}: {label} measured", flush=True)
     print(f"\n{title}: batch {batch}, {workers} loader workers, {device}")
     base = rates["synthetic"]
     for name, rate in rates.items():

@@ -14,6 +14,10 @@ so its cost in the step can be below its cost alone; the last line is that in-st
 The model step follows the project's "auto" precision: bf16 autocast on GPUs, fp32 on the CPU.
 The Gram's matmuls run in ltray's ``auto`` precision (bf16x3 on GPUs, fp32 on the CPU) or in
 the one ``--gram`` names (``loss.uniformity.gram_dtype``).
+
+``--profile`` adds where the term's time goes at the largest C: the rate of one row block's
+matmul in each precision (bf16 products summed in fp32, bf16 out, fp32), and the profiler's
+table of the ops of one forward + backward.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ltray.config import ModelConfig
+from ltray.losses import uniformity
 from ltray.losses.uniformity import (
     GRAM_PRECISIONS,
     resolve_gram,
@@ -121,6 +126,39 @@ def uniformity_step(
     return step
 
 
+def profile_term(
+    step: Callable[[], None], classes: int, dim: int, block_rows: int, device: torch.device
+) -> None:
+    """One row block's matmul in each precision (TFLOP/s), then the profiler's top ops of
+    ``step`` (one forward + backward of the term)."""
+    rows = min(block_rows, classes)
+    a = torch.randn(rows, dim, device=device)
+    b = torch.randn(dim, classes, device=device)
+    hi_a, hi_b = a.to(torch.bfloat16), b.to(torch.bfloat16)
+    products = {
+        "bf16 products, fp32 sums (bf16x3's each)": lambda: uniformity._mm_fp32_out(hi_a, hi_b),
+        "bf16 out (gram=bf16)": lambda: hi_a @ hi_b,
+        "fp32 (gram=fp32)": lambda: a @ b,
+    }
+    flop = 2 * rows * dim * classes
+    print(f"one row block's Gram, {rows} x {dim} @ {dim} x {classes}:")
+    for name, fn in products.items():
+        ms = timed(fn, device, 10, 2)
+        print(f"  {name:<42} {ms:7.3f} ms  {flop / ms / 1e9:7.1f} TFLOP/s")
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    sort = "cpu_time_total"
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+        sort = "cuda_time_total"
+    step()
+    with torch.profiler.profile(activities=activities) as prof:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    print(f"profile of one forward + backward at C = {classes}, by {sort}:")
+    print(prof.key_averages().table(sort_by=sort, row_limit=12, max_name_column_width=50))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -143,6 +181,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="ResNet-50 batch (default: 256 GPU, 8 CPU)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, help="timed calls (default: 20 GPU, 3 CPU)")
+    parser.add_argument("--profile", action="store_true", help="where the time goes, largest C")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -186,6 +225,11 @@ def main() -> None:
             f"{classes:>6} {ours:>9.1f} {naive:>9.1f} {ours / step_ms:>9.1%} "
             f"{naive / step_ms:>10.1%} {naive / ours:>8.2f}x"
         )
+        if args.profile and classes == max(args.classes):
+            profile_term(
+                uniformity_step(ours_fn, weight, device), classes, args.dim, args.block_rows,
+                device,
+            )  # fmt: skip
         del weight
     print(
         f"in the step: ResNet-50 with a C-class cosine head, batch {batch}, cross-entropy on its "

@@ -17,9 +17,10 @@
 #   7. the reproduction: ce, balanced_softmax, dr and dr with prior_tau on CIFAR-10-LT IF 100,
 #      200 epochs, jobs/cifar10_lt.yaml's protocol, the four side by side on the one GPU.
 #
-# GPU_CHECK_PARTS picks parts (default "tests syncs repro bench"). On an H100 the four 200-epoch
-# runs take up to 8 minutes (dr: 2.4 s an epoch, 4 side by side), so a 15-minute device budget
-# runs "repro" alone in one call (GPU_CHECK_SECONDS=570) and "tests bench" in a second.
+# GPU_CHECK_PARTS picks parts (default "tests syncs repro bench"), GPU_CHECK_RUNS the
+# reproduction's runs (default "ce balanced_softmax dr dr-prior"). On an H200 the four 200-epoch
+# runs side by side take over 8 minutes (dr: 2.3 s an epoch), so a 15-minute device budget runs
+# "repro" alone in one call (GPU_CHECK_SECONDS=570) and "tests syncs bench" in a second.
 # On the CPU it runs too: GPU_CHECK_QUICK=1 shrinks every part to seconds (tests/test_gpu_check.py
 # runs it so), and the parts that need CUDA say so and skip.
 # Needs python3 with torch, torchvision, pyarrow, fsspec, typer, rich, pyyaml. What a bare GPU box
@@ -90,6 +91,15 @@ else
     data=
 fi
 
+# bench_pipeline.py --full's 400 px JPEGs (30-60 s of one core), made while the untimed parts run
+photos=
+if part bench && [ "$QUICK" != 1 ]; then
+    "$PY" -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path
+from bench_data import photo_set; photo_set(Path('/tmp/gpu-check-bench'), 20)" \
+        > "$LOGS/photo-set.txt" 2>&1 &
+    photos=$!
+fi
+
 if ! part tests; then :
 elif [ "$DEVICE" = cpu ]; then
     note "- cuda-tests: skipped: no CUDA device (on the CPU the test suite runs these files)"
@@ -123,8 +133,9 @@ fi
 if part repro && [ -n "$data" ]; then
     budget=$(( $(left) - $(part bench && echo 100 || echo 10) ))
     note "- reproduction: $budget s left for it"
-    runs=(ce balanced_softmax dr dr-prior)
-    [ "$QUICK" = 1 ] && runs=(ce dr-prior)  # the two kinds of run, for the CPU smoke test
+    default_runs="ce balanced_softmax dr dr-prior"
+    [ "$QUICK" = 1 ] && default_runs="ce dr-prior"  # the two kinds of run, for the CPU smoke test
+    read -r -a runs <<< "${GPU_CHECK_RUNS:-$default_runs}"
     for name in "${runs[@]}"; do
         sets=(--set loss.name="${name%-prior}")
         [ "$name" = dr-prior ] && sets+=(--set loss.prior_tau=1.0)
@@ -151,11 +162,13 @@ if part bench && [ "$QUICK" = 1 ]; then
     run pipeline 240 "$PY" bench/bench_pipeline.py --device "$DEVICE" --steps 4 --workers 1 \
         --cache /tmp/gpu-check-bench ${data:+--data "$data"}
     run uniformity 120 "$PY" bench/bench_uniformity.py --device "$DEVICE" --classes 256 \
-        --batch 2 --image-size 64 --repeats 1
+        --batch 2 --image-size 64 --repeats 1 --profile
     run step 60 "$PY" bench/bench_step.py --device "$DEVICE" --steps 2 --models resnet32
     run decode 60 "$PY" bench/bench_decode.py --device "$DEVICE" --images 64 ${data:+--data "$data"}
 elif part bench; then
-    run uniformity 90 "$PY" bench/bench_uniformity.py --device "$DEVICE" --classes 1000 8142
+    run uniformity 90 "$PY" bench/bench_uniformity.py --device "$DEVICE" --classes 1000 8142 \
+        --profile
+    if [ -n "$photos" ]; then wait "$photos"; note "- photo set: exit $? (log photo-set.txt)"; fi
     run pipeline $(( $(left) > 200 ? 150 : $(left) - 30 )) "$PY" bench/bench_pipeline.py \
         --device "$DEVICE" --full --cache /tmp/gpu-check-bench ${data:+--data "$data"}
     [ "$(left)" -gt 40 ] && run step "$(( $(left) > 100 ? 90 : $(left) - 10 ))" "$PY" \

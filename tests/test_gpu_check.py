@@ -2,8 +2,8 @@
 
 It runs as on a bare GPU box: ``ltray`` is not on PATH (the script calls it through the
 checkout), and its parts skip with a reason where they need CUDA. With ../shared/data's
-CIFAR-10 archive the reproduction runs (two of its four runs, cut to two epochs of three steps);
-without it the training parts say they skipped.
+CIFAR-10 archive the reproduction runs (two of its four runs, picked by GPU_CHECK_RUNS, cut to two
+epochs of three steps); without it the training parts say they skipped.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def test_the_gpu_check_runs_in_cpu_mode_and_writes_its_summary_and_logs(tmp_path
         "PATH": "/usr/bin:/bin",  # no venv `ltray`: the script must not need one
         "PYTHON": sys.executable,
         "GPU_CHECK_QUICK": "1",
+        "GPU_CHECK_RUNS": "balanced_softmax dr-prior",
         "TMPDIR": str(tmp_path),
     }
     result = subprocess.run(
@@ -44,13 +45,15 @@ def test_the_gpu_check_runs_in_cpu_mode_and_writes_its_summary_and_logs(tmp_path
         names = set(logs.getnames())
     assert {"logs/pipeline.txt", "logs/uniformity.txt", "logs/device.txt"} <= names
     assert "ratio (pipeline / synthetic" in _member(out, "logs/pipeline.txt")
-    assert "ratio: the term's share of the step at C = 256" in _member(out, "logs/uniformity.txt")
+    uniformity = _member(out, "logs/uniformity.txt")
+    assert "ratio: the term's share of the step at C = 256" in uniformity
+    assert "one row block's Gram, 256 x 2048" in uniformity and "_BlockedUniformity" in uniformity
     assert "ratio (ltray's GPU step / plain fp32): resnet32" in _member(out, "logs/step.txt")
     assert "torchvision" in _member(out, "logs/decode.txt")
     if "prepare: skipped" in summary:
         return
     rows = [line for line in summary.splitlines() if line.startswith("| ")][2:]
-    assert [row.split(" | ")[0] for row in rows] == ["| ce", "| dr-prior"]  # quick: two of four
+    assert [row.split(" | ")[0] for row in rows] == ["| balanced_softmax", "| dr-prior"]
     for row in rows:  # every run finished its two epochs and printed its test accuracy
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[-1] == "2" and float(cells[1]) >= 0.0, row
