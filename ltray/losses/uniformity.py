@@ -8,14 +8,18 @@ over the C (C - 1) ordered pairs i != j:
     mhe_s2    mean 1 / ||u_i - u_j||^2       (Riesz s = 2)
     gaussian  log mean exp(-t ||u_i - u_j||^2)   (Wang & Isola 2020)
 
-``uniformity_loss`` never builds a C x C mask or an off-diagonal copy. It takes the Gram
-matrix one block of rows at a time ([block_rows, C]) and fills the block's diagonal (offset
-r0) with the Gram value whose distance makes the potential exactly 0 (g = 1/2, d2 = 1 for
-the log energy; g = -inf, d2 = inf for the rest), so self-pairs drop out of the sum with no
-subtraction. The gradient of this scalar of W is known in closed form,
+``uniformity_loss`` never builds a C x C mask or an off-diagonal copy. The Gram matrix is
+symmetric, so it takes one block of rows at a time against those rows and every later one
+([block_rows, C - r0], the upper triangle by blocks: each pair once), counts the block's
+leading square once (it holds both orders of its pairs) and the rest twice, and fills the
+square's diagonal with the Gram value whose distance makes the potential exactly 0 (g = 1/2,
+d2 = 1 for the log energy; g = -inf, d2 = inf for the rest), so self-pairs drop out of the
+sum with no subtraction. The gradient of this scalar of W is known in closed form,
 dL/du_i = -4 dL/dS sum_{j != i} phi'(d2_ij) u_j, so the forward pass accumulates it block by
-block and the backward pass only scales it: two matmuls in all (autograd through the blocks
-would take three and keep every block alive). The elementwise work on a block (distance,
+block (each block's phi' pulls its own rows and, transposed, the later ones) and the backward
+pass only scales it: C^2 d / 2 multiply-adds for the Gram and C^2 d for the gradient, where
+the whole Gram would take C^2 d and autograd through the blocks C^2 d more, keeping every
+block alive. The elementwise work on a block (distance,
 clamp, potential, its derivative) is one function that torch.compile fuses into a single
 pass (``fused``, on by default on CUDA, where it otherwise costs as much as the matmuls).
 
@@ -23,8 +27,8 @@ Squared distances are clamped at ``D2_EPS`` (coincident rows); as with ``clamp``
 pair passes no gradient. Everything after the matmuls runs in fp32 (fp64 rows: fp64), and the
 matmuls (``gram``, ``loss.uniformity.gram_dtype``) in
 
-- ``fp32``: the reference; on a GPU its C^2 d multiply-adds run without tensor cores
-  (4 C^2 d = 543 GFLOP at C = 8,142, d = 2,048: ~10 ms of an H100);
+- ``fp32``: the reference; on a GPU its 1.5 C^2 d multiply-adds run without tensor cores
+  (3 C^2 d = 407 GFLOP at C = 8,142, d = 2,048);
 - ``bf16x3``: each fp32 operand split into two bf16 parts, x = hi + lo (hi = bf16(x),
   lo = bf16(x - hi)), and a.b = hi.hi + hi.lo + lo.hi, each product of bf16 numbers exact and
   summed in fp32 (``torch.mm(..., out_dtype=float32)`` on CUDA; on the CPU the same products in
@@ -34,7 +38,7 @@ matmuls (``gram``, ``loss.uniformity.gram_dtype``) in
   pairs 4.4 degrees apart, where bf16 is off by 4e-2 and 0.46 (fp32: 6e-7 and 6e-5;
   tests/method/test_uniformity.py). On an H200 the loss of those close pairs was 1.2e-5 off:
   tensor cores truncate as they add into the fp32 sums, a bias towards zero that does not
-  average out. Six bf16 matmuls on tensor cores where fp32 takes two;
+  average out. Three bf16 products on tensor cores for each of fp32's;
 - ``bf16``: rows and Gram rounded to bf16, the cheapest and a coarse opt-in: it rounds the
   Gram to 8 significant bits, harmless while rows are apart (at least 30 degrees between every
   pair: loss within 1e-3 relative and gradient cosine >= 0.999 of fp32) but costs 0.3-0.5% of
@@ -96,9 +100,13 @@ def _potential_grad(phi: Tensor, d2: Tensor, kind: str, t: float) -> Tensor:
     return phi.mul(-t)
 
 
-def _block_energy(gram: Tensor, kind: str, t: float, need_grad: bool) -> tuple[Tensor, Tensor]:
-    """For one row block of the Gram matrix: the fp64 sum of phi(2 - 2g), and (if asked)
-    phi'(d2) in the Gram's dtype, 0 where the distance was clamped (else an empty tensor).
+def _block_energy(
+    gram: Tensor, square: int, kind: str, t: float, need_grad: bool
+) -> tuple[Tensor, Tensor]:
+    """For one row block of the Gram matrix's upper triangle, [b, C - r0] with its leading
+    [b, square] square on the diagonal: the fp64 sum of phi(2 - 2g) over the ordered pairs it
+    stands for (the square's entries once, the rest twice), and (if asked) phi'(d2) in the
+    Gram's dtype, 0 where the distance was clamped (else an empty tensor).
 
     Purely elementwise, so torch.compile fuses it into one pass over the block."""
     work_dtype = torch.float64 if gram.dtype == torch.float64 else torch.float32
@@ -106,7 +114,9 @@ def _block_energy(gram: Tensor, kind: str, t: float, need_grad: bool) -> tuple[T
     apart = d2 > D2_EPS if need_grad else None
     d2 = d2.clamp_min_(D2_EPS)
     phi = _potential(d2, kind, t)
-    total = phi.sum(dtype=torch.float64)
+    # twice the whole, less the square once (a slice past it would be empty in the last block)
+    columns = phi.sum(dim=0, dtype=torch.float64)
+    total = columns.sum().mul(2.0) - columns[:square].sum()
     if apart is None:
         return total, gram.new_empty(0)
     dphi = torch.where(apart, _potential_grad(phi, d2, kind, t), 0.0)
@@ -115,7 +125,8 @@ def _block_energy(gram: Tensor, kind: str, t: float, need_grad: bool) -> tuple[T
 
 @functools.cache
 def _compiled_block_energy() -> Callable[..., tuple[Tensor, Tensor]]:
-    return torch.compile(_block_energy, dynamic=False, fullgraph=True)
+    # blocks narrow down the triangle: one kernel with symbolic sizes serves every width
+    return torch.compile(_block_energy, dynamic=True, fullgraph=True)
 
 
 def _compile_errors() -> tuple[type[BaseException], ...]:
@@ -129,7 +140,7 @@ def _compile_errors() -> tuple[type[BaseException], ...]:
 
 
 def _run_block_energy(
-    gram: Tensor, kind: str, t: float, need_grad: bool, fused: bool
+    gram: Tensor, square: int, kind: str, t: float, need_grad: bool, fused: bool
 ) -> tuple[Tensor, Tensor]:
     """``_block_energy``, compiled when ``fused``. If compiling fails, it runs eager for the
     rest of the process, with one warning; any other error propagates."""
@@ -138,7 +149,7 @@ def _run_block_energy(
         from torch._dynamo.exc import TorchRuntimeError
 
         try:
-            return _compiled_block_energy()(gram, kind, t, need_grad)
+            return _compiled_block_energy()(gram, square, kind, t, need_grad)
         except TorchRuntimeError:
             raise
         except _compile_errors() as exc:
@@ -147,7 +158,7 @@ def _run_block_energy(
                 f"uniformity: torch.compile failed, running eager from now on: {exc!r:.300}",
                 stacklevel=3,
             )
-    return _block_energy(gram, kind, t, need_grad)
+    return _block_energy(gram, square, kind, t, need_grad)
 
 
 def _reduce(total: Tensor, n_pairs: int, kind: str) -> tuple[Tensor, Tensor]:
@@ -208,6 +219,9 @@ class _Operand:
     def rows(self, r0: int, r1: int) -> _Operand:
         return _Operand(tuple(p[r0:r1] for p in self.parts))
 
+    def columns(self, c0: int) -> _Operand:
+        return _Operand(tuple(p[:, c0:] for p in self.parts))
+
     def t(self) -> _Operand:
         return _Operand(tuple(p.T for p in self.parts))
 
@@ -244,13 +258,17 @@ class _BlockedUniformity(torch.autograd.Function):
         with torch.autocast(unit.device.type, enabled=False):
             for r0 in range(0, num_rows, block_rows):
                 r1 = min(r0 + block_rows, num_rows)
-                block = rows.rows(r0, r1) @ columns
-                block.diagonal(offset=r0).fill_(_NEUTRAL_GRAM[kind])
-                block_total, dphi = _run_block_energy(block, kind, t, need_grad, fused)
+                block_rows_op = rows.rows(r0, r1)
+                block = block_rows_op @ columns.columns(r0)  # [r1 - r0, C - r0]
+                block.diagonal().fill_(_NEUTRAL_GRAM[kind])
+                block_total, dphi = _run_block_energy(block, r1 - r0, kind, t, need_grad, fused)
                 total += block_total
                 if pulled is not None:
-                    dphi.diagonal(offset=r0).zero_()  # phi'(1) of the log energy is not 0
-                    pulled[r0:r1] = _Operand.of(dphi, gram) @ rows
+                    dphi.diagonal().zero_()  # phi'(1) of the log energy is not 0
+                    dphi_op = _Operand.of(dphi, gram)
+                    pulled[r0:r1] += dphi_op @ rows.rows(r0, num_rows)
+                    if r1 < num_rows:  # the later rows' pairs with this block, transposed
+                        pulled[r1:] += dphi_op.columns(r1 - r0).t() @ block_rows_op
         loss, dloss_dtotal = _reduce(total, num_rows * (num_rows - 1), kind)
         if pulled is not None:
             ctx.save_for_backward(pulled.mul_(-4.0 * dloss_dtotal.to(work_dtype)).to(unit.dtype))

@@ -288,6 +288,20 @@ def test_large_class_count_runs_blocked():
     assert math.isfinite(loss.item())
 
 
+@pytest.mark.parametrize("gram, products", [("fp32", 1), ("bf16x3", 3)])
+def test_each_pair_is_multiplied_once_for_the_gram(gram, products):
+    """The Gram is symmetric: row block k (100 rows) meets itself and the later rows only, so
+    the Gram takes sum_k 100 (1000 - 100 k) d multiply-adds (550,000 d, of the whole Gram's
+    1,000,000 d), the gradient's pull the same and, transposed, sum_k 100 (900 - 100 k) d
+    (450,000 d) more: 1,550,000 d where Gram and pull over whole rows take 2,000,000 d."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    w = random_rows(1000, 8, seed=8, dtype=torch.float32).requires_grad_()
+    with FlopCounterMode(display=False) as counter:
+        uniformity_loss(w, "mhe_s2", block_rows=100, gram=gram, fused=False).backward()
+    assert counter.get_total_flops() == products * 2 * 1_550_000 * 8
+
+
 def test_bad_arguments_are_clear_errors():
     w = random_rows(4, 3)
     with pytest.raises(LtrayError, match="mhe_s2"):
@@ -300,8 +314,14 @@ def test_bad_arguments_are_clear_errors():
 
 @pytest.mark.slow
 def test_fused_block_kernel_matches_eager():
-    """The torch.compile'd elementwise pass (the CUDA default) against eager, on the CPU."""
-    w = random_rows(64, 16, seed=8, dtype=torch.float32)  # 2 blocks of 32: one compiled graph
+    """The torch.compile'd elementwise pass (the CUDA default) against eager, on the CPU. The
+    blocks narrow down the triangle (100, 68, 36 and 4 wide, the last 4 rows high): one kernel
+    with dynamic sizes serves them all, compiled once a kind."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    w = random_rows(100, 16, seed=8, dtype=torch.float32)
     for kind in ("mhe_s0", "mhe_s2"):
         eager_w, fused_w = w.clone().requires_grad_(), w.clone().requires_grad_()
         eager = uniformity_loss(eager_w, kind, block_rows=32, fused=False)
@@ -311,6 +331,7 @@ def test_fused_block_kernel_matches_eager():
         torch.testing.assert_close(fused, eager)
         torch.testing.assert_close(fused_w.grad, eager_w.grad)
     assert not uniformity._fusion_failed  # it compiled, and did not fall back to eager
+    assert counters["stats"]["unique_graphs"] == 2  # one a kind, not one a block shape
 
 
 def _fails_with(exc):
