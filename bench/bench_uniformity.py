@@ -12,7 +12,8 @@ scaled cosines, timed without and with the term added to the loss (the two alter
 call). On a GPU the host queues the term's kernels while the device still runs the model's,
 so its cost in the step can be below its cost alone; the last line is that in-step share.
 The model step follows the project's "auto" precision: bf16 autocast on GPUs, fp32 on the CPU.
-The Gram's matmuls run in ltray's ``auto`` precision (bf16x3 on GPUs, fp32 on the CPU) or in
+The Gram's matmuls run in ltray's ``auto`` precision (bf16x3 on GPUs from 2,048 classes, fp32
+otherwise) or in
 the one ``--gram`` names (``loss.uniformity.gram_dtype``).
 
 ``--profile`` adds where the term's time goes at the largest C: the rate of one row block's
@@ -200,9 +201,10 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}; {precision}")
     print(f"ResNet-50 step, batch {batch} at {args.image_size} px: {step_ms:.1f} ms")
     fusion = on_gpu if fused is None else fused
+    grams = ", ".join(f"{resolve_gram(args.gram, device, c)} at C = {c}" for c in args.classes)
     print(
         f"uniformity {args.kind}, d = {args.dim}, fwd+bwd, block_rows {args.block_rows}, "
-        f"fused {'on' if fusion else 'off'}, Gram {resolve_gram(args.gram, device)}"
+        f"fused {'on' if fusion else 'off'}, Gram {grams}"
     )
 
     def ours_fn(w: torch.Tensor) -> torch.Tensor:

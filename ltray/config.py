@@ -157,7 +157,8 @@ class UniformityConfig(Section):
         "auto",
         description="precision of the Gram matmuls: bf16x3 (each operand split in two bf16 "
         "parts, close to fp32, on tensor cores), fp32, or bf16 (coarse: rounds cosines to 8 "
-        "bits); auto: bf16x3 on GPUs, fp32 on the CPU (ltray/losses/uniformity.py)",
+        "bits); auto: bf16x3 on GPUs from 2,048 classes, fp32 otherwise "
+        "(ltray/losses/uniformity.py)",
     )
 
 

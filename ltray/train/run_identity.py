@@ -55,7 +55,7 @@ class RunIdentity:
 def resolve_job(job: JobConfig, *, world_size: int, use_gpu: bool, num_classes: int) -> JobConfig:
     """The job with every machine-dependent choice made: the worker count actually used, GPUs
     on or off, the precision (``auto``: bf16 on GPUs, fp32 on the CPU), the uniformity Gram's
-    (``auto``: bf16x3 on GPUs, fp32 on the CPU) and the class count."""
+    (``auto``: bf16x3 on GPUs from 2,048 classes, fp32 otherwise) and the class count."""
     precision = job.scaling.precision
     if precision == "auto":
         precision = "bf16" if use_gpu else "fp32"
@@ -66,7 +66,7 @@ def resolve_job(job: JobConfig, *, world_size: int, use_gpu: bool, num_classes: 
     model = job.model.model_copy(update={"num_classes": num_classes})
     device = torch.device("cuda" if use_gpu else "cpu")
     uniformity = job.loss.uniformity.model_copy(
-        update={"gram_dtype": resolve_gram(job.loss.uniformity.gram_dtype, device)}
+        update={"gram_dtype": resolve_gram(job.loss.uniformity.gram_dtype, device, num_classes)}
     )
     loss = job.loss.model_copy(update={"uniformity": uniformity})
     return job.model_copy(update={"scaling": scaling, "model": model, "loss": loss})

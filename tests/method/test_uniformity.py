@@ -167,11 +167,14 @@ def test_bf16x3_keeps_about_16_bits_where_bf16_keeps_8(kind):
 
 
 def test_auto_is_bf16x3_on_cuda_and_fp32_elsewhere_and_fp64_stays_fp64():
-    assert resolve_gram("auto", torch.device("cuda")) == "bf16x3"
-    assert resolve_gram("auto", torch.device("cpu")) == "fp32"
-    assert resolve_gram("bf16", torch.device("cuda")) == "bf16"
+    assert resolve_gram("auto", torch.device("cuda"), 8142) == "bf16x3"
+    assert resolve_gram("auto", torch.device("cuda"), 2048) == "bf16x3"
+    assert resolve_gram("auto", torch.device("cuda"), 2047) == "fp32"  # too few to pay
+    assert resolve_gram("auto", torch.device("cpu"), 8142) == "fp32"
+    assert resolve_gram("bf16", torch.device("cuda"), 10) == "bf16"
+    assert resolve_gram("bf16x3", torch.device("cpu"), 10) == "bf16x3"
     with pytest.raises(LtrayError, match="unknown 'tf32'; valid: auto, fp32, bf16x3, bf16"):
-        resolve_gram("tf32", torch.device("cpu"))
+        resolve_gram("tf32", torch.device("cpu"), 10)
     w = close_pairs(0.8)[:40]
     torch.testing.assert_close(
         uniformity_loss(w, "mhe_s2"), uniformity_loss(w, "mhe_s2", gram="fp32"), rtol=0, atol=0

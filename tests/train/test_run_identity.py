@@ -41,8 +41,8 @@ def shut_down_ray_after_the_module():
         ray.shutdown()
 
 
-def resolved(job, world_size=1, use_gpu=False):
-    return resolve_job(job, world_size=world_size, use_gpu=use_gpu, num_classes=4)
+def resolved(job, world_size=1, use_gpu=False, num_classes=4):
+    return resolve_job(job, world_size=world_size, use_gpu=use_gpu, num_classes=num_classes)
 
 
 def test_world_size_global_batch_and_precision_name_the_run(tiny_data, tmp_path):
@@ -61,11 +61,13 @@ def test_world_size_global_batch_and_precision_name_the_run(tiny_data, tmp_path)
 def test_the_uniformity_gram_precision_is_resolved_before_the_run_is_named(tiny_data, tmp_path):
     job = make_job(tiny_data, tmp_path, loss={"name": "dr"})
     assert job.loss.uniformity.gram_dtype == "auto"
-    cpu, gpu = resolved(job), resolved(job, use_gpu=True)
+    cpu, gpu = resolved(job, num_classes=8142), resolved(job, use_gpu=True, num_classes=8142)
     assert (cpu.loss.uniformity.gram_dtype, gpu.loss.uniformity.gram_dtype) == ("fp32", "bf16x3")
+    few = resolved(job, use_gpu=True, num_classes=4)  # too few classes for tensor cores to pay
+    assert few.loss.uniformity.gram_dtype == "fp32"
     fp32 = make_job(tiny_data, tmp_path, loss={"name": "dr", "uniformity": {"gram_dtype": "fp32"}})
-    assert resolved(fp32).run_name() == cpu.run_name()  # auto = fp32 on a CPU: the same run
-    gpu_fp32 = resolved(fp32, use_gpu=True)
+    assert resolved(fp32, num_classes=8142).run_name() == cpu.run_name()  # auto = fp32 here
+    gpu_fp32 = resolved(fp32, use_gpu=True, num_classes=8142)
     assert gpu_fp32.run_name() != gpu.run_name()  # on a GPU they train differently
 
 
