@@ -150,7 +150,7 @@ def profile_term(
     sort = "cpu_time_total"
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-        sort = "cuda_time_total"
+        sort = "self_device_time_total"
     step()
     with torch.profiler.profile(activities=activities) as prof:
         step()
