@@ -315,16 +315,25 @@ def test_bad_arguments_are_clear_errors():
         uniformity_loss(w, "mhe_s2", block_rows=0)
 
 
-@pytest.mark.slow
-def test_fused_block_kernel_matches_eager():
-    """The torch.compile'd elementwise pass (the CUDA default) against eager, on the CPU. The
-    blocks narrow down the triangle (100, 68, 36 and 4 wide, the last 4 rows high): one kernel
-    with dynamic sizes serves them all, compiled once a kind."""
+@pytest.mark.parametrize(
+    "device",
+    [
+        pytest.param("cpu", marks=pytest.mark.slow),  # a C++ compile: slow on 2 cores
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+        ),
+    ],
+)
+def test_fused_block_kernel_matches_eager(device):
+    """The torch.compile'd elementwise pass (the CUDA default) against eager. The blocks narrow
+    down the triangle (100, 68, 36 and 4 wide, the last 4 rows high): one kernel with dynamic
+    sizes serves them all, compiled once a kind."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    w = random_rows(100, 16, seed=8, dtype=torch.float32)
+    w = random_rows(100, 16, seed=8, dtype=torch.float32).to(device)
     for kind in ("mhe_s0", "mhe_s2"):
         eager_w, fused_w = w.clone().requires_grad_(), w.clone().requires_grad_()
         eager = uniformity_loss(eager_w, kind, block_rows=32, fused=False)
