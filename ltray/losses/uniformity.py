@@ -262,8 +262,8 @@ class _BlockedUniformity(torch.autograd.Function):
         with torch.autocast(unit.device.type, enabled=False):
             for r0 in range(0, num_rows, block_rows):
                 r1 = min(r0 + block_rows, num_rows)
-                block_rows_op = rows.rows(r0, r1)
-                block = block_rows_op @ columns.columns(r0)  # [r1 - r0, C - r0]
+                these_rows = rows.rows(r0, r1)
+                block = these_rows @ columns.columns(r0)  # [r1 - r0, C - r0]
                 block.diagonal().fill_(_NEUTRAL_GRAM[kind])
                 block_total, dphi = _run_block_energy(block, r1 - r0, kind, t, need_grad, fused)
                 total += block_total
@@ -272,7 +272,7 @@ class _BlockedUniformity(torch.autograd.Function):
                     dphi_op = _Operand.of(dphi, gram)
                     pulled[r0:r1] += dphi_op @ rows.rows(r0, num_rows)
                     if r1 < num_rows:  # the later rows' pairs with this block, transposed
-                        pulled[r1:] += dphi_op.columns(r1 - r0).t() @ block_rows_op
+                        pulled[r1:] += dphi_op.columns(r1 - r0).t() @ these_rows
         loss, dloss_dtotal = _reduce(total, num_rows * (num_rows - 1), kind)
         if pulled is not None:
             ctx.save_for_backward(pulled.mul_(-4.0 * dloss_dtotal.to(work_dtype)).to(unit.dtype))
