@@ -255,7 +255,6 @@ class _BlockedUniformity(torch.autograd.Function):
         work_dtype = torch.float64 if unit.dtype == torch.float64 else torch.float32
         need_grad = ctx.needs_input_grad[0]
         rows = _Operand.of(unit.detach(), gram)
-        columns = rows.t()
         num_rows = unit.shape[0]
         total = unit.new_zeros((), dtype=torch.float64)
         pulled = torch.zeros_like(unit, dtype=work_dtype) if need_grad else None
@@ -263,14 +262,15 @@ class _BlockedUniformity(torch.autograd.Function):
             for r0 in range(0, num_rows, block_rows):
                 r1 = min(r0 + block_rows, num_rows)
                 these_rows = rows.rows(r0, r1)
-                block = these_rows @ columns.columns(r0)  # [r1 - r0, C - r0]
+                onward_rows = rows.rows(r0, num_rows)  # these and every later one
+                block = these_rows @ onward_rows.t()  # [r1 - r0, C - r0]
                 block.diagonal().fill_(_NEUTRAL_GRAM[kind])
                 block_total, dphi = _run_block_energy(block, r1 - r0, kind, t, need_grad, fused)
                 total += block_total
                 if pulled is not None:
                     dphi.diagonal().zero_()  # phi'(1) of the log energy is not 0
                     dphi_op = _Operand.of(dphi, gram)
-                    pulled[r0:r1] += dphi_op @ rows.rows(r0, num_rows)
+                    pulled[r0:r1] += dphi_op @ onward_rows
                     if r1 < num_rows:  # the later rows' pairs with this block, transposed
                         pulled[r1:] += dphi_op.columns(r1 - r0).t() @ these_rows
         loss, dloss_dtotal = _reduce(total, num_rows * (num_rows - 1), kind)
