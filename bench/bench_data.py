@@ -44,6 +44,7 @@ CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar1
 # where bench/gpu_check.sh's carried copy lies on a GPU box (no ../shared there)
 CIFAR_COPY = Path(__file__).resolve().parents[1] / ".device-data" / "cifar10-jpeg.tar.gz"
 PHOTO_SIDE = 400  # a typical ImageNet photo's shorter side is 333-500 px
+GPU_PHOTOS_PER_CLASS = 20  # bench_pipeline.py --full on a GPU: 8 batches of 256 an epoch
 
 
 def dataset(cache: Path, name: str, make: Callable[[str], None]) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_data import PHOTO_SIDE, photo_set, small_set  # noqa: E402 - bench/ is the script's folder, on sys.path
+from bench_data import GPU_PHOTOS_PER_CLASS, PHOTO_SIDE, photo_set, small_set  # noqa: E402 - bench/ is the script's folder, on sys.path
 
 from ltray.config import DataConfig, ModelConfig, ScalingConfig
 from ltray.data import read_manifest
@@ -184,7 +184,7 @@ def main() -> None:
     )
 
     if args.full:
-        url = photo_set(args.cache, 20 if on_gpu else 4)  # GPU: 8 batches of 256 an epoch
+        url = photo_set(args.cache, GPU_PHOTOS_PER_CLASS if on_gpu else 4)
         data = DataConfig(url="", image_size=224, augment="imagenet")
         steps = args.steps or (60 if on_gpu else 4)
         ratios["resnet50"] = bench_model(

@@ -95,7 +95,8 @@ fi
 photos=
 if part bench && [ "$QUICK" != 1 ]; then
     "$PY" -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path
-from bench_data import photo_set; photo_set(Path('/tmp/gpu-check-bench'), 20)" \
+from bench_data import GPU_PHOTOS_PER_CLASS, photo_set
+photo_set(Path('/tmp/gpu-check-bench'), GPU_PHOTOS_PER_CLASS)" \
         > "$LOGS/photo-set.txt" 2>&1 &
     photos=$!
 fi
