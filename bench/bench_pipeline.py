@@ -29,56 +29,63 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from bench_data import GPU_PHOTOS_PER_CLASS, PHOTO_SIDE, photo_set, small_set  # noqa: E402 - bench/ is the script's folder, on sys.path
 
-from ltray.config import DataConfig, ModelConfig, ScalingConfig
+from ltray.config import DataConfig, LossConfig, ModelConfig, ScalingConfig
 from ltray.data import read_manifest
 from ltray.errors import LtrayError
+from ltray.losses import build_loss, head_for
 from ltray.models import build_model
 from ltray.train.device import Normalizer, Placement
 from ltray.train.input_path import auto_loader_workers, open_split
+from ltray.train.train_module import TrainModule, compile_step
 
 CIFAR_NORM = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
 
 class Step:
-    """One training step of ``arch`` on uint8 batches: what ``ltray train`` does per batch,
-    with its defaults on this device (bf16, channels_last and fused SGD on GPUs) unless the
-    keywords say otherwise (bench_step.py times each)."""
+    """One training step of ``arch`` on uint8 batches: what ``ltray train`` does per batch
+    (normalise, model and ``loss`` under autocast, backward, SGD), with its defaults on this
+    device (bf16, channels_last and fused SGD on GPUs) unless the keywords say otherwise
+    (bench_step.py times each). ``class_counts`` are the training split's, which priors and
+    margins of the loss read; ``compile`` is ``scaling.compile``."""
 
     def __init__(
         self,
         arch: str,
-        classes: int,
+        class_counts: list[int],
         device: torch.device,
         data: DataConfig,
         *,
+        loss: str = "ce",
         precision: str = "auto",
         channels_last: bool = True,
         fused: bool | None = None,
         compile: bool = False,
     ) -> None:
         model_cfg = ModelConfig(arch=arch, channels_last=channels_last)
+        loss_cfg = LossConfig(name=loss)
         scaling = ScalingConfig(precision=precision)
         self.placement = Placement.create(device, scaling, model_cfg)
-        self.model = self.placement.prepare_module(build_model(model_cfg, classes))
+        self.criterion = build_loss(loss_cfg, class_counts)
+        model = build_model(model_cfg, len(class_counts), head=head_for(loss_cfg, model_cfg))
+        self.module = self.placement.prepare_module(TrainModule(model, self.criterion))
         if compile:
-            self.model.compile()
+            compile_step(self.module)
         fused = device.type == "cuda" if fused is None else fused
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4,
+            self.module.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4,
             **({"fused": True} if fused else {}),  # else torch's default: foreach on GPUs
         )  # fmt: skip
         self.normalize = Normalizer(self.placement, data.mean, data.std)
         self.device = device
+        self.criterion.set_epoch(10.0)  # past any warm-up, as most of a run's steps are
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         x = self.normalize(images)
         labels = labels.to(self.device, non_blocking=True)
         with self.placement.autocast():
-            logits = self.model(x).logits
-        loss = F.cross_entropy(logits.float(), labels)
+            loss = self.module(x, labels).total
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -118,7 +125,7 @@ def bench_model(
 ) -> dict[str, float]:
     started = time.monotonic()
     manifest = read_manifest(url)
-    step = Step(arch, manifest.num_classes, device, data)
+    step = Step(arch, manifest.class_counts("train"), device, data)
     size = data.image_size
     fixed = {
         "image": torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device),

@@ -10,8 +10,10 @@
 #      pipeline against synthetic batches on the device;
 #   4. bench/bench_uniformity.py: the dr uniformity term against a ResNet-50 step, alone and
 #      inside the step (what a user pays), fused and not; bench/bench_step.py: what bf16,
-#      channels_last and fused SGD each buy; bench/bench_decode.py: torchvision's nvjpeg
-#      against TorchCodec's (its wheel travels in .whl/; skipped where it does not load);
+#      channels_last, fused SGD and torch.compile each buy, for ce and dr (what dr's loss
+#      costs a launch-bound ResNet-32 step, eager and compiled); bench/bench_decode.py: nvjpeg
+#      in torchvision against TorchCodec's (its wheel travels in .whl/; skipped where it does
+#      not load);
 #   5. bench/bench_scaling.py and bench/bench_stream.py: need Ray (skipped without it);
 #   6. host synchronisations inside the step loop (LTRAY_SYNC_DEBUG=warn, GPU decode path);
 #   7. the reproduction: ce, balanced_softmax, dr and dr with prior_tau on CIFAR-10-LT IF 100,
@@ -172,8 +174,12 @@ elif part bench; then
     if [ -n "$photos" ]; then wait "$photos"; note "- photo set: exit $? (log photo-set.txt)"; fi
     run pipeline $(( $(left) > 200 ? 150 : $(left) - 30 )) "$PY" bench/bench_pipeline.py \
         --device "$DEVICE" --full --cache /tmp/gpu-check-bench ${data:+--data "$data"}
-    [ "$(left)" -gt 40 ] && run step "$(( $(left) > 100 ? 90 : $(left) - 10 ))" "$PY" \
-        bench/bench_step.py --device "$DEVICE"
+    # ResNet-32 with torch.compile of the model and its loss (about 30 s a loss): what dr's
+    # extra small ops cost on a launch-bound step, eager and compiled; then ResNet-50
+    [ "$(left)" -gt 60 ] && run step "$(( $(left) > 160 ? 150 : $(left) - 10 ))" "$PY" \
+        bench/bench_step.py --device "$DEVICE" --models resnet32 --compile
+    [ "$(left)" -gt 40 ] && run step-resnet50 "$(( $(left) > 100 ? 90 : $(left) - 10 ))" "$PY" \
+        bench/bench_step.py --device "$DEVICE" --models resnet50
     [ "$(left)" -gt 30 ] && run decode "$(( $(left) > 70 ? 60 : $(left) - 10 ))" "$PY" \
         bench/bench_decode.py --device "$DEVICE" --cache /tmp/gpu-check-bench
     if [ "$DEVICE" = cuda ]; then  # the default's alternatives, at 8,142 classes

@@ -312,8 +312,8 @@ class ScalingConfig(Section):
     )
     compile: bool = Field(
         False,
-        description="torch.compile the model (its first steps compile; bench/bench_pipeline.py "
-        "measures the gain)",
+        description="torch.compile the model with its loss (its first steps compile; "
+        "bench/bench_step.py --compile measures the gain)",
     )
     max_failures: int = Field(3, ge=-1, description="worker failures tolerated (-1: unlimited)")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(

@@ -48,7 +48,9 @@ def test_the_gpu_check_runs_in_cpu_mode_and_writes_its_summary_and_logs(tmp_path
     uniformity = _member(out, "logs/uniformity.txt")
     assert "ratio: the term's share of the step at C = 256" in uniformity
     assert "one row block's Gram, 256 x 2048" in uniformity and "_BlockedUniformity" in uniformity
-    assert "ratio (ltray's GPU step / plain fp32): resnet32" in _member(out, "logs/step.txt")
+    step = _member(out, "logs/step.txt")
+    assert "ratio (ltray's GPU step / plain fp32): resnet32 ce" in step
+    assert "step time of each loss over ce's" in step and "resnet32 dr: +fused SGD" in step
     assert "torchvision" in _member(out, "logs/decode.txt")
     if "prepare: skipped" in summary:
         return

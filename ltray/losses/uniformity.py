@@ -317,14 +317,15 @@ def uniformity_loss(
     ``gram`` is the precision of the matmuls (module docstring); ``fused`` compiles the
     elementwise work on each block into one kernel (torch.compile); None means on CUDA only,
     where unfused it would move ~60 bytes per pair through memory and cost about as much as
-    the matmuls.
+    the matmuls. Traced by an enclosing torch.compile, the pass is left to that graph.
     """
     unit = _unit_rows(weight)
     _check(unit, kind)
     if block_rows < 1:
         raise LtrayError(f"uniformity block_rows must be >= 1, got {block_rows}")
     gram = resolve_gram(gram, unit.device, unit.shape[0])
-    fused = unit.is_cuda if fused is None else fused
+    # inside a compiled step (scaling.compile) the step's own graph fuses the block pass
+    fused = (unit.is_cuda if fused is None else fused) and not torch.compiler.is_compiling()
     return _BlockedUniformity.apply(unit, kind, t, block_rows, gram, fused)
 
 

@@ -65,6 +65,7 @@ from ltray.train.run_info import (
 from ltray.train.schedule import lr_at, scaled_lr
 from ltray.train.session import LocalSession, RaySession, Session, fetch_secrets
 from ltray.train.storage import Storage
+from ltray.train.train_module import TrainModule, compile_step
 
 FAILURE_FILE = "failure.txt"
 # "warn" or "error": any host synchronisation inside the step loop is reported from its third
@@ -81,20 +82,6 @@ def check_train_shares(num_rows: int, world_size: int, split: str) -> None:
             f"training split {split!r} has {num_rows} rows, fewer than scaling.num_workers="
             f"{world_size}: a worker would get no training batch (use fewer workers)"
         )
-
-
-class TrainModule(torch.nn.Module):
-    """Model and loss in one module, so DDP also averages the loss's own parameters (a learned
-    scale, a learned ring radius)."""
-
-    def __init__(self, model: torch.nn.Module, criterion: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.criterion = criterion
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor):
-        out = self.model(images)
-        return self.criterion(out, labels, self.model.head)
 
 
 def _device(session: Session, job: JobConfig) -> torch.device:
@@ -148,7 +135,7 @@ class Trainer:
         self.model = build_model(job.model, self.num_classes, head=head_for(job.loss, job.model))
         self.module = self.placement.prepare_module(TrainModule(self.model, self.criterion))
         if job.scaling.compile:
-            self.model.compile()  # in place: state_dict keys and checkpoints are unchanged
+            compile_step(self.module)
         self.ddp: torch.nn.Module = self.module
         if self.distributed:
             device_ids = (
