@@ -108,7 +108,7 @@ elif [ "$DEVICE" = cpu ]; then
     note "- cuda-tests: skipped: no CUDA device (on the CPU the test suite runs these files)"
 elif "$PY" -c "import pytest" 2>/dev/null; then
     run cuda-tests 120 "$PY" -m pytest -q -p no:cacheprovider --noconftest \
-        tests/data/test_gpu_decode.py tests/data/test_batch_augment.py \
+        tests/data/test_gpu_decode.py tests/data/test_transforms.py \
         tests/train/test_input_path.py tests/train/test_sync_check.py \
         tests/method/test_uniformity.py -m "not slow"
 else

@@ -4,7 +4,7 @@
   (sources, list_sources, class_trees, synthetic, image_refs), one shard in a worker process
   (shard_task), what OUT may hold (out_folder), and the parallel, resumable run (orchestrator).
 - ``stream/``: which rows a rank and loader worker read and in what order (partition, order),
-  augmentation per image (transforms) or per batch on the device (batch_augment) and the
+  augmentation of whole batches on whatever device holds them (transforms) and the
   IterableDataset (dataset).
 - Between them: the manifest (the index, written last), the shard format (shards: writer and
   row-group reader), image decoding (decode; in batches onto a GPU: gpu_decode) and the

@@ -2,7 +2,7 @@
 
 Three paths, one order. Every path yields, for (epoch, start batch), the same rows in the same
 batches (:mod:`ltray.data.stream.order`) and augments each batch with the same batch transform
-seeded the same way (:mod:`ltray.data.stream.batch_augment`, ``batch_seed``), so which path a
+seeded the same way (:mod:`ltray.data.stream.transforms`, ``batch_seed``), so which path a
 worker takes changes its speed, not its numbers (bit for bit for ``cifar``; for ``imagenet``
 up to the float rounding of a resize on another device):
 
@@ -36,9 +36,9 @@ from ltray.config import DataConfig
 from ltray.data.gpu_decode import UndecodableImage, decode_batch, to_device
 from ltray.data.manifest import Manifest
 from ltray.data.stream import StreamingImageDataset, make_loader, reading_options
-from ltray.data.stream.batch_augment import build_batch_transform
 from ltray.data.stream.dataset import batch_generator, undecodable
 from ltray.data.stream.device_set import DeviceImageSet, NotHeldOnDevice, fits, nbytes_needed
+from ltray.data.stream.transforms import build_batch_transform
 from ltray.errors import LtrayError
 
 PATHS = ("cpu", "gpu", "device")

@@ -1,12 +1,10 @@
 """Streaming a prepared data set: partition and order (pure functions of seed, epoch, rank,
 world size, loader workers and batch size), augmentation (whole batches, on the CPU in the
-loader or on the device: batch_augment, over transforms' per-image pieces), and the
-IterableDataset."""
+loader or on the device: transforms), and the IterableDataset."""
 
-from ltray.data.stream.batch_augment import build_batch_transform
 from ltray.data.stream.dataset import StreamingImageDataset, make_loader, reading_options
 from ltray.data.stream.order import epoch_batches, plan_worker
-from ltray.data.stream.transforms import AUGMENTS
+from ltray.data.stream.transforms import AUGMENTS, build_batch_transform
 
 __all__ = [
     "AUGMENTS",

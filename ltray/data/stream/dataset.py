@@ -35,8 +35,8 @@ from ltray.data.decode import decode_rgb
 from ltray.data.manifest import Manifest, ShardInfo, read_manifest
 from ltray.data.shard_cache import ShardCache
 from ltray.data.stream import order, partition, samplers
-from ltray.data.stream.batch_augment import BatchTransform
 from ltray.data.stream.read_ahead import read_ahead
+from ltray.data.stream.transforms import BatchTransform
 from ltray.errors import LtrayError
 from ltray.fs import StorageOptions
 

@@ -28,13 +28,13 @@ import torch
 from ltray.data.gpu_decode import to_device
 from ltray.data.manifest import Manifest
 from ltray.data.stream import order
-from ltray.data.stream.batch_augment import BatchTransform
 from ltray.data.stream.dataset import (
     StreamingImageDataset,
     batch_generator,
     check_labels,
     make_loader,
 )
+from ltray.data.stream.transforms import BatchTransform
 from ltray.errors import LtrayError
 
 # "comfortably": the set takes at most this share of the device's free memory, leaving the
