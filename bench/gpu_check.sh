@@ -22,7 +22,8 @@
 # GPU_CHECK_PARTS picks parts (default "tests syncs repro bench"), GPU_CHECK_RUNS the
 # reproduction's runs (default "ce balanced_softmax dr dr-prior"). On an H200 the four 200-epoch
 # runs side by side take over 8 minutes (dr: 2.3 s an epoch), so a 15-minute device budget runs
-# "repro" alone in one call (GPU_CHECK_SECONDS=570) and "tests syncs bench" in a second.
+# "tests syncs bench" in one call (GPU_CHECK_SECONDS=540) and "repro" in a second, or the other
+# way round (bench/README.md, GPU check, says which the next session needs).
 # On the CPU it runs too: GPU_CHECK_QUICK=1 shrinks every part to seconds (tests/test_gpu_check.py
 # runs it so), and the parts that need CUDA say so and skip.
 # Needs python3 with torch, torchvision, pyarrow, fsspec, typer, rich, pyyaml. What a bare GPU box
