@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from ltray.compile_errors import is_compile_failure
 from ltray.errors import LtrayError
 
 UNIFORMITY_KINDS: tuple[str, ...] = ("mhe_s0", "mhe_s1", "mhe_s2", "gaussian")
@@ -133,16 +134,6 @@ def _compiled_block_energy() -> Callable[..., tuple[Tensor, Tensor]]:
     return torch.compile(_block_energy, dynamic=True, fullgraph=True)
 
 
-def _compile_errors() -> tuple[type[BaseException], ...]:
-    """What torch.compile raises when it cannot build the kernel on this host (no C compiler,
-    no Triton, an unsupported construct). Errors of the computation itself are not among them:
-    they would fail eager too, so they propagate (TorchRuntimeError wraps those at trace time)."""
-    from torch._dynamo.exc import TorchDynamoException
-    from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
-
-    return (TorchDynamoException, CppCompileError, InvalidCxxCompiler)
-
-
 def _run_block_energy(
     gram: Tensor, square: int, kind: str, t: float, need_grad: bool, fused: bool
 ) -> tuple[Tensor, Tensor]:
@@ -150,13 +141,11 @@ def _run_block_energy(
     rest of the process, with one warning; any other error propagates."""
     global _fusion_failed
     if fused and not _fusion_failed:
-        from torch._dynamo.exc import TorchRuntimeError
-
         try:
             return _compiled_block_energy()(gram, square, kind, t, need_grad)
-        except TorchRuntimeError:
-            raise
-        except _compile_errors() as exc:
+        except Exception as exc:
+            if not is_compile_failure(exc):
+                raise
             _fusion_failed = True
             warnings.warn(
                 f"uniformity: torch.compile failed, running eager from now on: {exc!r:.300}",

@@ -65,7 +65,7 @@ from ltray.train.run_info import (
 from ltray.train.schedule import lr_at, scaled_lr
 from ltray.train.session import LocalSession, RaySession, Session, fetch_secrets
 from ltray.train.storage import Storage
-from ltray.train.train_module import TrainModule, compile_step
+from ltray.train.train_module import TrainModule, compile_failures_named, compile_step
 
 FAILURE_FILE = "failure.txt"
 # "warn" or "error": any host synchronisation inside the step loop is reported from its third
@@ -275,6 +275,8 @@ class Trainer:
         save_every = self.job.storage.checkpoint_every_steps
         device = self.placement.device
         sync_check = SyncCheck(device, os.environ.get(SYNC_DEBUG_ENV))
+        compiled = self.job.scaling.compile
+        compile_errors = compile_failures_named if compiled else contextlib.nullcontext
 
         partial = resume.get("partial", {}) if self.rank == 0 else {}
         # running sums; a mid-epoch checkpoint saves them summed over ranks, restored on rank 0
@@ -298,10 +300,11 @@ class Trainer:
                 self.criterion.set_epoch(epoch + step / steps)
                 images = self.normalize(batch["image"])
                 labels = batch["label"].to(device, non_blocking=True)
-                with self.placement.autocast():
-                    result = self.ddp(images, labels)
-                self.optimizer.zero_grad(set_to_none=True)
-                result.total.backward()
+                with compile_errors():
+                    with self.placement.autocast():
+                        result = self.ddp(images, labels)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    result.total.backward()
                 finite = gradients_finite(self.module, self.placement.device) & torch.isfinite(
                     result.total.detach()
                 )

@@ -8,6 +8,11 @@ generation, which is torch's and takes minutes of C++ compiling on 2 cores."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -16,7 +21,7 @@ from torch._dynamo.utils import counters
 from ltray.config import LossConfig
 from ltray.losses import build_loss, uniformity
 from ltray.models import Classifier, build_head
-from ltray.train.train_module import TrainModule, compile_step
+from ltray.train.train_module import TrainModule, compile_failures_named, compile_step
 
 COUNTS = [500, 160, 50, 16, 5]
 BACKEND = "aot_eager"
@@ -105,3 +110,56 @@ def test_the_uniformity_term_leaves_its_block_pass_to_the_enclosing_graph(monkey
     torch.testing.assert_close(compiled, eager)
     with pytest.raises(AssertionError, match="own pass"):  # the stub is what fused=True calls
         term(w)
+
+
+def test_a_compile_this_host_cannot_build_is_one_error_naming_the_option(tmp_path):
+    """The real failure, inductor without a C++ compiler, in a fresh process (a process that
+    has compiled once keeps its compiler check, and the cache on disk could skip it)."""
+    script = """
+import torch
+from ltray.config import LossConfig
+from ltray.train.train_module import compile_failures_named, compile_step
+import tests.train.test_compiled_step as t
+
+module = t._module(LossConfig(name="dr"))
+compile_step(module)
+with compile_failures_named():
+    module(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])).total.backward()
+"""
+    env = {
+        **os.environ,
+        "CXX": str(tmp_path / "no-such-compiler"),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+        "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=Path(__file__).parents[2],  # the checkout: tests/ imports as a package from it
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ltray.errors.LtrayError: scaling.compile: torch.compile could not")
+    assert "no-such-compiler" in last and "--set scaling.compile=false" in last
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError("CUDA out of memory"), ValueError("a wrong shape")],
+    ids=["runtime", "value"],
+)
+def test_errors_of_the_step_itself_pass_unchanged(error):
+    with pytest.raises(type(error), match=str(error)):
+        with compile_failures_named():
+            raise error
+
+
+def test_an_error_raised_while_tracing_the_computation_is_not_called_a_compile_failure():
+    from torch._dynamo.exc import TorchRuntimeError
+
+    with pytest.raises(TorchRuntimeError):
+        with compile_failures_named():
+            raise TorchRuntimeError("size mismatch")
