@@ -17,7 +17,8 @@ otherwise) or in
 the one ``--gram`` names (``loss.uniformity.gram_dtype``).
 
 ``--profile`` adds where the term's time goes at the largest C: the rate of one row block's
-matmul in each precision (bf16 products summed in fp32, bf16 out, fp32), and the profiler's
+matmul in each precision (one bf16 product summed in fp32; bf16x3's three, as ltray runs them
+and as one product of thrice the depth; bf16 out; fp32), and the profiler's
 table of the ops of one forward + backward.
 """
 
@@ -136,16 +137,27 @@ def profile_term(
     a = torch.randn(rows, dim, device=device)
     b = torch.randn(dim, classes, device=device)
     hi_a, hi_b = a.to(torch.bfloat16), b.to(torch.bfloat16)
+    split_a, split_b = uniformity._Operand.of(a, "bf16x3"), uniformity._Operand.of(b, "bf16x3")
+    # bf16x3's three products as one of thrice the depth: [hi lo hi] . [hi hi lo]^T; whether
+    # one long product runs nearer the card's rate than three and two sums is what this asks
+    (lo_a,), (lo_b,) = split_a.parts[1:], split_b.parts[1:]
+    deep_a = torch.cat([hi_a, lo_a, hi_a], dim=1)
+    deep_b = torch.cat([hi_b, hi_b, lo_b], dim=0)
     products = {
         "bf16 products, fp32 sums (bf16x3's each)": lambda: uniformity._mm_fp32_out(hi_a, hi_b),
+        "bf16x3 as ltray runs it: 3 products": lambda: split_a @ split_b,
+        "bf16x3 as one product, depth 3d": lambda: uniformity._mm_fp32_out(deep_a, deep_b),
         "bf16 out (gram=bf16)": lambda: hi_a @ hi_b,
         "fp32 (gram=fp32)": lambda: a @ b,
     }
-    flop = 2 * rows * dim * classes
-    print(f"one row block's Gram, {rows} x {dim} @ {dim} x {classes}:")
+    flop = 2 * rows * dim * classes  # the fp32 product's; bf16x3 does three of them
+    print(f"one row block's Gram, {rows} x {dim} @ {dim} x {classes} (TFLOP/s of that product):")
     for name, fn in products.items():
         ms = timed(fn, device, 10, 2)
         print(f"  {name:<42} {ms:7.3f} ms  {flop / ms / 1e9:7.1f} TFLOP/s")
+    three, deep = split_a @ split_b, uniformity._mm_fp32_out(deep_a, deep_b)
+    apart = ((deep - three).abs().max() / three.abs().max()).item()
+    print(f"  the two bf16x3 forms differ by {apart:.1e} of the largest entry (summation order)")
     activities = [torch.profiler.ProfilerActivity.CPU]
     sort = "cpu_time_total"
     if device.type == "cuda":
