@@ -22,8 +22,8 @@
 # GPU_CHECK_PARTS picks parts (default "tests syncs repro bench"), GPU_CHECK_RUNS the
 # reproduction's runs (default "ce balanced_softmax dr dr-prior"). On an H200 the four 200-epoch
 # runs side by side take over 8 minutes (dr: 2.3 s an epoch), so a 15-minute device budget runs
-# "tests syncs bench" in one call (GPU_CHECK_SECONDS=540) and "repro" in a second, or the other
-# way round (bench/README.md, GPU check, says which the next session needs).
+# "tests bench" (and "syncs") in one call (GPU_CHECK_SECONDS=540) and "repro" in a second, or
+# the other way round (bench/README.md, GPU check, says which the next session needs).
 # On the CPU it runs too: GPU_CHECK_QUICK=1 shrinks every part to seconds (tests/test_gpu_check.py
 # runs it so), and the parts that need CUDA say so and skip.
 # Needs python3 with torch, torchvision, pyarrow, fsspec, typer, rich, pyyaml. What a bare GPU box
@@ -175,14 +175,15 @@ elif part bench; then
     if [ -n "$photos" ]; then wait "$photos"; note "- photo set: exit $? (log photo-set.txt)"; fi
     run pipeline $(( $(left) > 200 ? 150 : $(left) - 30 )) "$PY" bench/bench_pipeline.py \
         --device "$DEVICE" --full --cache /tmp/gpu-check-bench ${data:+--data "$data"}
+    # nvjpeg in torchvision against TorchCodec's: issue 11 keeps whichever is faster
+    [ "$(left)" -gt 30 ] && run decode "$(( $(left) > 70 ? 60 : $(left) - 10 ))" "$PY" \
+        bench/bench_decode.py --device "$DEVICE" --cache /tmp/gpu-check-bench
     # ResNet-32 with torch.compile of the model and its loss (about 30 s a loss): what dr's
     # extra small ops cost on a launch-bound step, eager and compiled; then ResNet-50
     [ "$(left)" -gt 60 ] && run step "$(( $(left) > 160 ? 150 : $(left) - 10 ))" "$PY" \
         bench/bench_step.py --device "$DEVICE" --models resnet32 --compile
     [ "$(left)" -gt 40 ] && run step-resnet50 "$(( $(left) > 100 ? 90 : $(left) - 10 ))" "$PY" \
         bench/bench_step.py --device "$DEVICE" --models resnet50
-    [ "$(left)" -gt 30 ] && run decode "$(( $(left) > 70 ? 60 : $(left) - 10 ))" "$PY" \
-        bench/bench_decode.py --device "$DEVICE" --cache /tmp/gpu-check-bench
     if [ "$DEVICE" = cuda ]; then  # the default's alternatives, at 8,142 classes
         [ "$(left)" -gt 20 ] && run uniformity-fp32 "$(( $(left) - 10 ))" "$PY" \
             bench/bench_uniformity.py --device cuda --classes 8142 --gram fp32
