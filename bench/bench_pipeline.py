@@ -67,9 +67,10 @@ class Step:
         loss_cfg = LossConfig(name=loss)
         scaling = ScalingConfig(precision=precision)
         self.placement = Placement.create(device, scaling, model_cfg)
-        self.criterion = build_loss(loss_cfg, class_counts)
+        criterion = build_loss(loss_cfg, class_counts)
+        criterion.set_epoch(10.0)  # past any warm-up, as most of a run's steps are
         model = build_model(model_cfg, len(class_counts), head=head_for(loss_cfg, model_cfg))
-        self.module = self.placement.prepare_module(TrainModule(model, self.criterion))
+        self.module = self.placement.prepare_module(TrainModule(model, criterion))
         if compile:
             compile_step(self.module)
         fused = device.type == "cuda" if fused is None else fused
@@ -79,7 +80,6 @@ class Step:
         )  # fmt: skip
         self.normalize = Normalizer(self.placement, data.mean, data.std)
         self.device = device
-        self.criterion.set_epoch(10.0)  # past any warm-up, as most of a run's steps are
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         x = self.normalize(images)

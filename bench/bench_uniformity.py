@@ -136,11 +136,10 @@ def profile_term(
     rows = min(block_rows, classes)
     a = torch.randn(rows, dim, device=device)
     b = torch.randn(dim, classes, device=device)
-    hi_a, hi_b = a.to(torch.bfloat16), b.to(torch.bfloat16)
     split_a, split_b = uniformity._Operand.of(a, "bf16x3"), uniformity._Operand.of(b, "bf16x3")
+    (hi_a, lo_a), (hi_b, lo_b) = split_a.parts, split_b.parts  # hi: the bf16 rounding
     # bf16x3's three products as one of thrice the depth: [hi lo hi] . [hi hi lo]^T; whether
     # one long product runs nearer the card's rate than three and two sums is what this asks
-    (lo_a,), (lo_b,) = split_a.parts[1:], split_b.parts[1:]
     deep_a = torch.cat([hi_a, lo_a, hi_a], dim=1)
     deep_b = torch.cat([hi_b, hi_b, lo_b], dim=0)
     products = {
