@@ -18,8 +18,9 @@ the one ``--gram`` names (``loss.uniformity.gram_dtype``).
 
 ``--profile`` adds where the term's time goes at the largest C: the rate of one row block's
 matmul in each precision (one bf16 product summed in fp32; bf16x3's three, as ltray runs them
-and as one product of thrice the depth; bf16 out; fp32), and the profiler's
-table of the ops of one forward + backward.
+and as one product of thrice the depth; bf16 out; fp32), one bf16 product of the Gram and of
+the pull at C padded to a multiple of 8 (as the term runs them) and at C itself, and the
+profiler's table of the ops of one forward + backward.
 """
 
 from __future__ import annotations
@@ -134,8 +135,9 @@ def profile_term(
     """One row block's matmul in each precision (TFLOP/s), then the profiler's top ops of
     ``step`` (one forward + backward of the term)."""
     rows = min(block_rows, classes)
+    width = classes + -classes % uniformity.ALIGN  # the loop pads the rows to this many
     a = torch.randn(rows, dim, device=device)
-    b = torch.randn(dim, classes, device=device)
+    b = torch.randn(width, dim, device=device).T  # as the loop: the onward rows, transposed
     split_a, split_b = uniformity._Operand.of(a, "bf16x3"), uniformity._Operand.of(b, "bf16x3")
     (hi_a, lo_a), (hi_b, lo_b) = split_a.parts, split_b.parts  # hi: the bf16 rounding
     # bf16x3's three products as one of thrice the depth: [hi lo hi] . [hi hi lo]^T; whether
@@ -149,11 +151,25 @@ def profile_term(
         "bf16 out (gram=bf16)": lambda: hi_a @ hi_b,
         "fp32 (gram=fp32)": lambda: a @ b,
     }
-    flop = 2 * rows * dim * classes  # the fp32 product's; bf16x3 does three of them
-    print(f"one row block's Gram, {rows} x {dim} @ {dim} x {classes} (TFLOP/s of that product):")
+    flop = 2 * rows * dim * width  # the fp32 product's; bf16x3 does three of them
+    print(f"one row block's Gram, {rows} x {dim} @ {dim} x {width} (TFLOP/s of that product):")
     for name, fn in products.items():
         ms = timed(fn, device, 10, 2)
         print(f"  {name:<42} {ms:7.3f} ms  {flop / ms / 1e9:7.1f} TFLOP/s")
+    # the padding's reason: one bf16 product of the Gram, and of the pull (phi' [rows, width] @
+    # the rows), at the padded width and, as before the padding, at C itself
+    print(f"  padded to {width} columns against {classes} (one bf16 product, fp32 sums):")
+    for cols in dict.fromkeys((width, classes)):
+        hi_rows = hi_b.T[:cols]  # [cols, dim], row-major
+        dphi = torch.randn(rows, cols, device=device).to(torch.bfloat16)
+        for name, fn in (
+            ("Gram block", lambda r=hi_rows: uniformity._mm_fp32_out(hi_a, r.T)),
+            ("pull", lambda r=hi_rows, p=dphi: uniformity._mm_fp32_out(p, r)),
+        ):
+            ms = timed(fn, device, 10, 2)
+            rate = 2 * rows * dim * cols / ms / 1e9
+            label = f"{name} at {cols} columns"
+            print(f"    {label:<40} {ms:7.3f} ms  {rate:7.1f} TFLOP/s")
     three, deep = split_a @ split_b, uniformity._mm_fp32_out(deep_a, deep_b)
     apart = ((deep - three).abs().max() / three.abs().max()).item()
     print(f"  the two bf16x3 forms differ by {apart:.1e} of the largest entry (summation order)")

@@ -22,6 +22,11 @@ the whole Gram would take C^2 d and autograd through the blocks C^2 d more, keep
 block alive. The elementwise work on a block (distance,
 clamp, potential, its derivative) is one function that torch.compile fuses into a single
 pass (``fused``, on by default on CUDA, where it otherwise costs as much as the matmuls).
+The rows are padded with zero rows and columns to multiples of 8 (``_aligned``), so that
+every operand of the matmuls has a leading dimension of whole 16-byte words, which cuBLAS's
+fast tensor-core kernels need (iNaturalist's 8,142 classes are not such a multiple); with a
+``block_rows`` that is a multiple of 8 (the default, 1,024), every block's slice starts on
+one too.
 
 Squared distances are clamped at ``D2_EPS`` (coincident rows); as with ``clamp``, a clamped
 pair passes no gradient. Everything after the matmuls runs in fp32 (fp64 rows: fp64), and the
@@ -75,6 +80,7 @@ UNIFORMITY_KINDS: tuple[str, ...] = ("mhe_s0", "mhe_s1", "mhe_s2", "gaussian")
 GRAM_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16x3", "bf16")
 D2_EPS = 1e-6  # smallest squared distance between two unit rows
 BF16X3_MIN_ROWS = 2048  # auto: bf16x3 on CUDA from this many classes on
+ALIGN = 8  # rows and columns of the matmuls padded to multiples of this: 16 bytes of bf16
 
 # the Gram value put on a block's diagonal: its squared distance 2 - 2g (1 for the log energy,
 # inf for the rest) is where the potential is exactly 0, so self-pairs drop out of the sum
@@ -228,6 +234,19 @@ class _Operand:
         return out
 
 
+def _aligned(x: Tensor) -> Tensor:
+    """``x`` with zero rows and columns appended up to multiples of ``ALIGN`` (``x`` itself
+    where they are already). Every matmul operand and product then has a leading dimension of
+    a whole number of 16-byte words: cuBLAS runs its tensor-core kernels at full speed only on
+    such layouts (a leading dimension of 8,142 bf16 numbers leaves it kernels that load 4 bytes
+    at a time; torch's inductor pads its matmuls to the same multiples). A zero row's Gram
+    entries are exactly 0 in every precision, so the loop sets them to the neutral value; its
+    pulled gradient is cut off at the end."""
+    rows, cols = x.shape
+    pad_rows, pad_cols = -rows % ALIGN, -cols % ALIGN
+    return F.pad(x, (0, pad_cols, 0, pad_rows)) if pad_rows or pad_cols else x
+
+
 class _BlockedUniformity(torch.autograd.Function):
     """The energy of unit rows [C, D], by row blocks, with the gradient from the forward."""
 
@@ -243,17 +262,20 @@ class _BlockedUniformity(torch.autograd.Function):
     ) -> Tensor:
         work_dtype = torch.float64 if unit.dtype == torch.float64 else torch.float32
         need_grad = ctx.needs_input_grad[0]
-        rows = _Operand.of(unit.detach(), gram)
-        num_rows = unit.shape[0]
+        num_rows, dim = unit.shape
+        padded = _aligned(unit.detach())  # [C', D'], zero rows and columns past [C, D]
+        rows = _Operand.of(padded, gram)
         total = unit.new_zeros((), dtype=torch.float64)
-        pulled = torch.zeros_like(unit, dtype=work_dtype) if need_grad else None
+        pulled = torch.zeros_like(padded, dtype=work_dtype) if need_grad else None
         with torch.autocast(unit.device.type, enabled=False):
             for r0 in range(0, num_rows, block_rows):
                 r1 = min(r0 + block_rows, num_rows)
                 these_rows = rows.rows(r0, r1)
-                onward_rows = rows.rows(r0, num_rows)  # these and every later one
-                block = these_rows @ onward_rows.t()  # [r1 - r0, C - r0]
+                onward_rows = rows.rows(r0, padded.shape[0])  # these, every later one, zeros
+                block = these_rows @ onward_rows.t()  # [r1 - r0, C' - r0]
                 block.diagonal().fill_(_NEUTRAL_GRAM[kind])
+                if padded.shape[0] > num_rows:  # the zero rows' columns
+                    block[:, num_rows - r0 :].fill_(_NEUTRAL_GRAM[kind])
                 block_total, dphi = _run_block_energy(block, r1 - r0, kind, t, need_grad, fused)
                 total += block_total
                 if pulled is not None:
@@ -264,7 +286,8 @@ class _BlockedUniformity(torch.autograd.Function):
                         pulled[r1:] += dphi_op.columns(r1 - r0).t() @ these_rows
         loss, dloss_dtotal = _reduce(total, num_rows * (num_rows - 1), kind)
         if pulled is not None:
-            ctx.save_for_backward(pulled.mul_(-4.0 * dloss_dtotal.to(work_dtype)).to(unit.dtype))
+            pulled = pulled[:num_rows, :dim].mul_(-4.0 * dloss_dtotal.to(work_dtype))
+            ctx.save_for_backward(pulled.to(unit.dtype))
         return loss.to(work_dtype)
 
     @staticmethod

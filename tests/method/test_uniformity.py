@@ -305,6 +305,50 @@ def test_each_pair_is_multiplied_once_for_the_gram(gram, products):
     assert counter.get_total_flops() == products * 2 * 1_550_000 * 8
 
 
+@pytest.mark.parametrize("gram", ["fp32", "bf16x3", "bf16"])
+def test_every_matmul_operand_is_aligned_to_16_bytes(gram):
+    """203 classes of 37 features, blocks of 64: unpadded, the Gram's blocks would be 203 - r0
+    wide and the rows 37 long, so matmul operands and products with leading dimensions of 148
+    or 406 bytes, which cuBLAS's fast tensor-core kernels refuse. Every operand and product must
+    start on a 16-byte boundary and have a leading dimension of whole 16-byte words."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class MatmulLayouts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.tensors = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket is torch.ops.aten.mm:
+                self.tensors += [args[0], args[1], out]
+            return out
+
+    w = random_rows(203, 37, seed=9, dtype=torch.float32).requires_grad_()
+    with MatmulLayouts() as layouts:
+        uniformity_loss(w, "mhe_s2", block_rows=64, gram=gram, fused=False).backward()
+    assert len(layouts.tensors) >= 3 * 7  # Gram and pull for each of the 4 blocks, less one
+    for x in layouts.tensors:
+        size = x.element_size()
+        leading = max(x.stride())  # the other stride is 1: each is a row- or column-major view
+        assert min(x.stride()) == 1, x.stride()
+        assert x.data_ptr() % 16 == 0 and leading * size % 16 == 0, (x.shape, x.stride())
+
+
+def test_the_zero_rows_of_the_padding_leave_value_and_gradient_unchanged():
+    """The same 203 x 37 rows against the naive term (no padding), in fp64 for every kind."""
+    for kind in UNIFORMITY_KINDS:
+        w1 = random_rows(203, 37, seed=10).requires_grad_()
+        w2 = w1.detach().clone().requires_grad_()
+        blocked = uniformity_loss(w1, kind, t=T, block_rows=64)
+        naive = uniformity_loss_naive(w2, kind, t=T)
+        blocked.backward()
+        naive.backward()
+        torch.testing.assert_close(blocked, naive)
+        torch.testing.assert_close(w1.grad, w2.grad)
+        assert w1.grad.shape == w1.shape
+
+
 def test_bad_arguments_are_clear_errors():
     w = random_rows(4, 3)
     with pytest.raises(LtrayError, match="mhe_s2"):
