@@ -112,14 +112,16 @@ def _potential_grad(phi: Tensor, d2: Tensor, kind: str, t: float) -> Tensor:
 
 
 def _block_energy(
-    gram: Tensor, square: int, kind: str, t: float, need_grad: bool
-) -> tuple[Tensor, Tensor]:
+    gram: Tensor, square: int, kind: str, t: float, need_grad: bool, split: bool
+) -> tuple[Tensor, tuple[Tensor, ...]]:
     """For one row block of the Gram matrix's upper triangle, [b, C - r0] with its leading
     [b, square] square on the diagonal: the fp64 sum of phi(2 - 2g) over the ordered pairs it
-    stands for (the square's entries once, the rest twice), and (if asked) phi'(d2) in the
-    Gram's dtype, 0 where the distance was clamped (else an empty tensor).
+    stands for (the square's entries once, the rest twice), and (if asked) phi'(d2), 0 where
+    the distance was clamped, as the pull's matmuls take it: ``(dphi,)`` in the Gram's dtype,
+    or with ``split`` its two bf16 parts ``(hi, lo)`` (else ``()``).
 
-    Purely elementwise, so torch.compile fuses it into one pass over the block."""
+    Purely elementwise, so torch.compile fuses it, the split included, into one pass over the
+    block."""
     work_dtype = torch.float64 if gram.dtype == torch.float64 else torch.float32
     d2 = torch.rsub(gram.to(work_dtype), 2.0, alpha=2.0)
     apart = d2 > D2_EPS if need_grad else None
@@ -129,26 +131,26 @@ def _block_energy(
     columns = phi.sum(dim=0, dtype=torch.float64)
     total = columns.sum().mul(2.0) - columns[:square].sum()
     if apart is None:
-        return total, gram.new_empty(0)
+        return total, ()
     dphi = torch.where(apart, _potential_grad(phi, d2, kind, t), 0.0)
-    return total, dphi.to(gram.dtype)
+    return total, _bf16_parts(dphi) if split else (dphi.to(gram.dtype),)
 
 
 @functools.cache
-def _compiled_block_energy() -> Callable[..., tuple[Tensor, Tensor]]:
+def _compiled_block_energy() -> Callable[..., tuple[Tensor, tuple[Tensor, ...]]]:
     # blocks narrow down the triangle: one kernel with symbolic sizes serves every width
     return torch.compile(_block_energy, dynamic=True, fullgraph=True)
 
 
 def _run_block_energy(
-    gram: Tensor, square: int, kind: str, t: float, need_grad: bool, fused: bool
-) -> tuple[Tensor, Tensor]:
+    gram: Tensor, square: int, kind: str, t: float, need_grad: bool, split: bool, fused: bool
+) -> tuple[Tensor, tuple[Tensor, ...]]:
     """``_block_energy``, compiled when ``fused``. If compiling fails, it runs eager for the
     rest of the process, with one warning; any other error propagates."""
     global _fusion_failed
     if fused and not _fusion_failed:
         try:
-            return _compiled_block_energy()(gram, square, kind, t, need_grad)
+            return _compiled_block_energy()(gram, square, kind, t, need_grad, split)
         except Exception as exc:
             if not is_compile_failure(exc):
                 raise
@@ -157,7 +159,7 @@ def _run_block_energy(
                 f"uniformity: torch.compile failed, running eager from now on: {exc!r:.300}",
                 stacklevel=3,
             )
-    return _block_energy(gram, square, kind, t, need_grad)
+    return _block_energy(gram, square, kind, t, need_grad, split)
 
 
 def _reduce(total: Tensor, n_pairs: int, kind: str) -> tuple[Tensor, Tensor]:
@@ -276,11 +278,15 @@ class _BlockedUniformity(torch.autograd.Function):
                 block.diagonal().fill_(_NEUTRAL_GRAM[kind])
                 if padded.shape[0] > num_rows:  # the zero rows' columns
                     block[:, num_rows - r0 :].fill_(_NEUTRAL_GRAM[kind])
-                block_total, dphi = _run_block_energy(block, r1 - r0, kind, t, need_grad, fused)
+                block_total, dphi_parts = _run_block_energy(
+                    block, r1 - r0, kind, t, need_grad, len(rows.parts) == 2, fused
+                )
                 total += block_total
                 if pulled is not None:
-                    dphi.diagonal().zero_()  # phi'(1) of the log energy is not 0
-                    dphi_op = _Operand.of(dphi, gram)
+                    dphi_op = _Operand(dphi_parts)
+                    if kind == "mhe_s0":  # phi'(1) of the log energy is not 0
+                        for part in dphi_parts:
+                            part.diagonal().zero_()
                     pulled[r0:r1] += dphi_op @ onward_rows
                     if r1 < num_rows:  # the later rows' pairs with this block, transposed
                         pulled[r1:] += dphi_op.columns(r1 - r0).t() @ these_rows

@@ -370,24 +370,25 @@ def test_bad_arguments_are_clear_errors():
     ],
 )
 def test_fused_block_kernel_matches_eager(device):
-    """The torch.compile'd elementwise pass (the CUDA default) against eager. The blocks narrow
-    down the triangle (100, 68, 36 and 4 wide, the last 4 rows high): one kernel with dynamic
-    sizes serves them all, compiled once a kind."""
+    """The torch.compile'd elementwise pass (the CUDA default) against eager, with phi' as one
+    fp32 part (fp32 Gram) and split in bf16x3's two parts inside the pass. The blocks narrow
+    down the triangle (100, 68, 36 and 4 wide, the last 4 rows high, 4 zero columns of padding
+    each): one kernel with dynamic sizes serves them all, compiled once a kind and split."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
     w = random_rows(100, 16, seed=8, dtype=torch.float32).to(device)
-    for kind in ("mhe_s0", "mhe_s2"):
+    for kind, gram in itertools.product(("mhe_s0", "mhe_s2"), ("fp32", "bf16x3")):
         eager_w, fused_w = w.clone().requires_grad_(), w.clone().requires_grad_()
-        eager = uniformity_loss(eager_w, kind, block_rows=32, fused=False)
-        fused = uniformity_loss(fused_w, kind, block_rows=32, fused=True)
+        eager = uniformity_loss(eager_w, kind, block_rows=32, gram=gram, fused=False)
+        fused = uniformity_loss(fused_w, kind, block_rows=32, gram=gram, fused=True)
         eager.backward()
         fused.backward()
         torch.testing.assert_close(fused, eager)
         torch.testing.assert_close(fused_w.grad, eager_w.grad)
     assert not uniformity._fusion_failed  # it compiled, and did not fall back to eager
-    assert counters["stats"]["unique_graphs"] == 2  # one a kind, not one a block shape
+    assert counters["stats"]["unique_graphs"] == 4  # one a kind and split, not one a block
 
 
 def _fails_with(exc):
