@@ -48,6 +48,7 @@ def test_the_gpu_check_runs_in_cpu_mode_and_writes_its_summary_and_logs(tmp_path
     uniformity = _member(out, "logs/uniformity.txt")
     assert "ratio: the term's share of the step at C = 256" in uniformity
     assert "one row block's Gram, 256 x 2048" in uniformity and "_BlockedUniformity" in uniformity
+    assert "pull at 256 columns" in uniformity  # padded against unpadded: one width at 256
     step = _member(out, "logs/step.txt")
     assert "ratio (ltray's GPU step / plain fp32): resnet32 ce" in step
     assert "step time of each loss over ce's" in step and "resnet32 dr: +fused SGD" in step
