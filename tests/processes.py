@@ -158,17 +158,7 @@ def stop_cluster(temp_dir: str, gcs_port: int) -> None:
     would stop every Ray on the machine (a user's own, another test's)."""
     import signal
 
-    marks = (temp_dir, f":{gcs_port} ", f":{gcs_port}\x00")
-    roots = [
-        int(p)
-        for p in os.listdir("/proc")
-        if p.isdigit()
-        and int(p) != os.getpid()
-        and any(mark in _raw_command_line(int(p)) for mark in marks)
-    ]
-    pids = set(roots)
-    for root in roots:
-        pids.update(descendants(root))
+    pids = cluster_processes(gcs_port, temp_dir)
     for sig, grace_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 15)):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -179,6 +169,23 @@ def stop_cluster(temp_dir: str, gcs_port: int) -> None:
             for pid in pids:  # reap the ones that are our children
                 with contextlib.suppress(ChildProcessError, OSError):
                     os.waitpid(pid, os.WNOHANG)
+
+
+def cluster_processes(gcs_port: int, temp_dir: str | None = None) -> set[int]:
+    """The processes of the Ray cluster whose GCS listens on ``gcs_port`` (and whose files are
+    in ``temp_dir``), and all theirs: its nodes' daemons and workers, no other cluster's."""
+    marks = (f":{gcs_port} ", f":{gcs_port}\x00", *([temp_dir] if temp_dir else []))
+    roots = [
+        int(p)
+        for p in os.listdir("/proc")
+        if p.isdigit()
+        and int(p) != os.getpid()
+        and any(mark in _raw_command_line(int(p)) for mark in marks)
+    ]
+    pids = set(roots)
+    for root in roots:
+        pids.update(descendants(root))
+    return pids
 
 
 def _running(pid: int) -> bool:

@@ -10,7 +10,8 @@ from train_support import merge
 
 
 def tiny_job(data_url: str, folder: Path, **sections: Any) -> dict[str, Any]:
-    """ResNet-32, dr, 3 epochs of 2 steps, one eval batch: seconds per trial."""
+    """ResNet-32, dr, 3 epochs of 2 steps, one eval batch: seconds per trial. No trial logs
+    its model (the export costs seconds a trial; tests/train cover model logging)."""
     raw = {
         "name": "t",
         "data": {"url": data_url, "image_size": 32, "loader_workers": 0},
@@ -26,7 +27,11 @@ def tiny_job(data_url: str, folder: Path, **sections: Any) -> dict[str, Any]:
         },
         "scaling": {"num_workers": 1, "max_failures": 0},
         "storage": {"url": str(folder / "runs")},
-        "tracking": {"uri": f"sqlite:///{folder}/mlflow.db", "experiment": "sweeps"},
+        "tracking": {
+            "uri": f"sqlite:///{folder}/mlflow.db",
+            "experiment": "sweeps",
+            "log_model": False,
+        },
     }
     return merge(raw, sections)
 

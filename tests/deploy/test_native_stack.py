@@ -30,7 +30,14 @@ from deploy.stack import (
     postgres_server,
     s3_server,
 )
-from processes import command_line, free_port, ltray_executable, ray_cluster, wait_for
+from processes import (
+    cluster_processes,
+    command_line,
+    free_port,
+    ltray_executable,
+    ray_cluster,
+    wait_for,
+)
 
 from ltray.config import load_job
 
@@ -144,9 +151,10 @@ def alive_actors(env: dict) -> list[str]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def train_worker_processes() -> list[str]:
-    pids = [p for p in Path("/proc").iterdir() if p.name.isdigit()]
-    return [c for c in map(command_line, (int(p.name) for p in pids)) if "RayTrainWorker" in c]
+def train_worker_processes(env: dict) -> list[str]:
+    """The command lines of this cluster's Ray Train workers (not another test's Ray's)."""
+    port = int(env["RAY_ADDRESS"].rsplit(":", 1)[1])
+    return [c for c in map(command_line, cluster_processes(port)) if "RayTrainWorker" in c]
 
 
 def submission_id_in(output: str) -> str:
@@ -294,6 +302,7 @@ def test_stop_ends_a_long_job_and_its_workers_and_resubmit_resumes_it(stack):
     # epoch 0's line comes after its checkpoint is stored
     wait_for(lambda: log_has("[ltray] epoch 0:", sid), 300, "the long job's first epoch")
     assert "RayTrainWorker" in alive_actors(env)
+    assert train_worker_processes(env)  # the scan below sees this cluster's workers
     code, again = ltray(env, "submit", "jobs/demo.yaml", *long_job, timeout=120)
     assert code == 1 and f"is already running on {env['RAY_API_SERVER_ADDRESS']} as {sid}" in again
 
@@ -302,7 +311,7 @@ def test_stop_ends_a_long_job_and_its_workers_and_resubmit_resumes_it(stack):
     assert f"job {sid} stopped; none of its workers live on" in output
     actors = alive_actors(env)
     assert not {"RayTrainWorker", "TrainController"} & set(actors), actors
-    wait_for(lambda: not train_worker_processes(), 60, "the train workers' processes to exit")
+    wait_for(lambda: not train_worker_processes(env), 60, "the train workers' processes to exit")
 
     code, output = ltray(env, "submit", "jobs/demo.yaml", *long_job, timeout=120)
     assert code == 1 and "stopped on" in output and "pass --resubmit" in output

@@ -163,7 +163,11 @@ def test_more_workers_than_the_cluster_holds_is_refused_in_seconds(tiny_data, tm
 
 @pytest.mark.slow
 def test_local_then_ray_never_share_an_mlflow_run_or_checkpoints(tiny_data, tmp_path):
-    sections = {"scaling": {"num_workers": 2}, "schedule": {"epochs": 1}}
+    sections = {
+        "scaling": {"num_workers": 2},
+        "schedule": {"epochs": 1},
+        "tracking": {"log_model": False},
+    }
     local = run_job(make_job(tiny_data, tmp_path, **sections), local=True)
     on_ray = run_job(make_job(tiny_data, tmp_path, **sections))
     assert local.run_name != on_ray.run_name

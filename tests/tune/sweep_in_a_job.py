@@ -21,8 +21,9 @@ def main(sweep_file: str, best_file: str, out: str) -> None:
     from ltray.tune.sweep_config import load_sweep
 
     outcome = run_sweep(load_sweep(sweep_file), best_out=best_file)
-    # Ray Train's own cleaner actors (one per run) notice a stopped run within seconds
-    deadline = time.monotonic() + 60
+    # Ray Train's own cleaner actors (one per run) notice a stopped run within seconds; on a
+    # loaded 2-core machine their state API calls take longer (one outlived 60 s)
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline and trial_actors():
         time.sleep(1)
     groups = ray.util.placement_group_table()
