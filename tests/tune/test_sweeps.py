@@ -3,10 +3,16 @@
 The sweeps run in this process (so that what Ray keeps after them can be inspected: the job is
 still alive) or as ``ltray tune`` (to kill it and run it again). Each trial trains ResNet-32 for
 at most 3 epochs of 2 steps.
+
+The interrupted sweep logs to a real ``mlflow server`` through a URI with a password: the
+password stays out of everything its three runs write (the sweep's folder: Tune's experiment
+state and pickles, the trials' runs; the server's store and artifacts; Ray's session logs;
+ltray's log folders; the console).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -21,11 +27,13 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-from processes import ltray_executable, ray_cluster
+from processes import ltray_executable, mlflow_server, ray_cluster
 from sweep_support import tiny_job, write_sweep
 from train_support import logged_metrics, run_cli
 
 pytestmark = pytest.mark.slow
+
+PASSWORD = "Sekr3t-sweep-Passw0rd"
 
 
 @pytest.fixture(scope="module")
@@ -142,12 +150,47 @@ def test_an_asha_sweep_nests_its_trials_in_mlflow_and_leaves_nothing_behind(
     assert "finished" in output
 
 
+def files_holding(folder: Path, needles: list[bytes]) -> list[str]:
+    found = []
+    for root, _, names in os.walk(folder, followlinks=True):
+        for name in names:
+            path = Path(root) / name
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            if any(needle in data for needle in needles):
+                found.append(str(path))
+    return found
+
+
 def test_an_interrupted_sweep_resumes_without_rerunning_or_duplicating(
     cluster, sweep_data, tmp_path
 ):
-    """Ctrl-C, then a killed driver, then the sweep to its end."""
+    """Ctrl-C, then a killed driver, then the sweep to its end; the tracking server's password
+    is written nowhere."""
+    with mlflow_server(tmp_path / "server") as (uri, _):
+        outputs = interrupt_kill_and_resume(cluster, sweep_data, tmp_path, uri)
+    header = base64.b64encode(f"alice:{PASSWORD}".encode())
+    needles = [PASSWORD.encode(), header]
+    logs = [Path(m) for text in outputs for m in re.findall(r"\[ltray\] logs: (\S+)", text)]
+    assert len(logs) == 3 and (logs[-1] / "ray").exists()  # Ray's session logs, linked there
+    for output in outputs:
+        assert PASSWORD not in output
+    for folder in (tmp_path / "runs", tmp_path / "server", *logs):
+        assert not files_holding(folder, needles), folder
+    # the promoted job is the user's own job file with the trial's values: it keeps their URI
+    (best,) = tmp_path.glob("*-best.yaml")
+    assert PASSWORD in best.read_text()
+
+
+def interrupt_kill_and_resume(cluster: dict, sweep_data: str, tmp_path: Path, uri: str):
+    """The sweep, tracked on the server at ``uri`` (a password in the job's URI): interrupted,
+    killed, run to its end, each checked; returns the three runs' console output."""
+    job = tiny_job(sweep_data, tmp_path)
+    job["tracking"]["uri"] = uri.replace("http://", f"http://alice:{PASSWORD}@")
     sweep_file = write_sweep(
-        tmp_path, sweep_data, scheduler={"kind": "none"}, search={"trials": 4, "seed": 1}
+        tmp_path, sweep_data, job=job, scheduler={"kind": "none"}, search={"trials": 4, "seed": 1}
     )
     command = [ltray_executable(), "tune", str(sweep_file)]
 
@@ -162,11 +205,14 @@ def test_an_interrupted_sweep_resumes_without_rerunning_or_duplicating(
         text=True,
         start_new_session=True,
     )
+    before = []
     for line in ctrl_c.stdout:
+        before.append(line)
         if " epoch 1/3" in line:
             os.killpg(ctrl_c.pid, signal.SIGINT)
             break
     out, err = ctrl_c.communicate(timeout=300)
+    out = "".join(before) + out
     assert ctrl_c.returncode == 130, out + err
     assert "error: the sweep was interrupted; run the same command again to resume" in err
     table_rows = [line for line in out.splitlines() if re.match(r"\w+_\d{5} ", line)]
@@ -184,8 +230,10 @@ def test_an_interrupted_sweep_resumes_without_rerunning_or_duplicating(
     )
     finished: list[str] = []
     epochs_seen: dict[str, int] = {}
+    killed_output = []
     try:
         for line in first.stdout:
+            killed_output.append(line)
             words = line.split()
             if line.startswith("[ltray] trial") and words[3] == "epoch":
                 epochs_seen[words[2]] = int(words[4].split("/")[0])
@@ -222,7 +270,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_or_duplicating(
         (folder,) = (sweep_folder / "trials").glob(f"*-{trial}")
         assert checkpoints(folder) == names, trial
         assert f"trial {trial} epoch 1/" not in output
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("sweeps")
     (parent,) = client.search_runs(
         [experiment.experiment_id], filter_string="tags.`ltray.kind` = 'sweep'"
@@ -243,6 +291,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_or_duplicating(
             )
     rows = [line for line in second.stdout.splitlines() if line.split()[-1:] == ["finished"]]
     assert len(rows) >= 4
+    return [out + err, "".join(killed_output), output]
 
 
 def test_a_seeded_tpe_sweep_draws_what_optuna_draws(cluster, sweep_data, tmp_path):
