@@ -1,5 +1,9 @@
 """The ``ltray`` command's edge: one ``error: ...`` line and exit status 1 on bad input."""
 
+import json
+import socket
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -126,3 +130,38 @@ def test_a_capped_run_says_its_numbers_are_a_smoke_tests():
     )
     both = load_job(job_file, ["schedule.max_eval_batches=2", "schedule.max_steps_per_epoch=3"])
     assert "schedule.max_steps_per_epoch=3, schedule.max_eval_batches=2" in smoke_caps(both)
+
+
+def test_commands_that_train_nothing_do_not_import_torch(tmp_path):
+    """``ltray --help``, ``config``, ``jobs``, ``stop``, ``logs`` and ``submit`` need neither
+    torch nor torchvision (6 of a slow machine's 8 s per call): they import them nowhere."""
+    with socket.socket() as sock:  # a port nothing listens on: the job API is unreachable
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    demo_job = tmp_path / "demo.yaml"  # inside the folder submit packs, as submit wants
+    demo_job.write_bytes((Path(__file__).parents[1] / "jobs" / "demo.yaml").read_bytes())
+    demo_job = str(demo_job)
+    where = ["--set", f"data.url={tmp_path}/d", "--set", f"storage.url={tmp_path}/runs"]
+    calls = [
+        ["--help"],
+        ["config", demo_job],
+        ["jobs", "--address", closed],
+        ["stop", "raysubmit_x", "--address", closed],
+        ["logs", "raysubmit_x", "--address", closed],
+        ["submit", demo_job, "--address", closed, *where, "--set", f"tracking.uri={closed}"],
+    ]
+    script = (
+        "import json, sys\n"
+        "from typer.testing import CliRunner\n"
+        "from ltray.cli import app\n"
+        "results = [CliRunner().invoke(app, call) for call in json.loads(sys.argv[1])]\n"
+        "said = [[r.exit_code, 'cannot reach the Ray dashboard' in r.output] for r in results]\n"
+        "print(json.dumps([said, sorted({'torch', 'torchvision'} & set(sys.modules))]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(calls)],
+        capture_output=True, text=True, cwd=tmp_path, check=True, timeout=300,
+    )  # fmt: skip
+    said, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert said == [[0, False], [0, False]] + [[1, True]] * 4
+    assert imported == []

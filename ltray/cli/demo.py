@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -28,11 +28,12 @@ from ltray.cli.console import Verbose, exit_on_error, quiet_unless
 from ltray.cli.train import where_to_look
 from ltray.config import JobConfig, read_job_yaml, validate_job
 from ltray.data import read_manifest
-from ltray.data.prepare import prepare, sources
 from ltray.errors import LtrayError
 from ltray.secrets import redact_url
-from ltray.train.launcher import RunResult, run_job
 from ltray.tune.sweep_config import Sweep, build_sweep
+
+if TYPE_CHECKING:
+    from ltray.train.launcher import RunResult
 
 VAL_PER_CLASS = 20  # the generated set's balanced val split, what the demo sweep selects on
 
@@ -127,6 +128,8 @@ def _has_data_set(url: str) -> bool:
 def ensure_data_set(job: JobConfig) -> None:
     if _has_data_set(job.data.url):
         return
+    from ltray.data.prepare import prepare, sources
+
     print(f"[ltray] preparing a generated long-tailed data set at {redact_url(job.data.url)}")
     plan = sources.synthetic(image_size=job.data.image_size, val_per_class=VAL_PER_CLASS)
     result = prepare(plan, job.data.url)
@@ -137,6 +140,8 @@ def ensure_data_set(job: JobConfig) -> None:
 
 
 def train(job: JobConfig, *, local: bool = False) -> RunResult:
+    from ltray.train.launcher import run_job
+
     print(f"[ltray] training {job.name} ({job.loss.name}, {job.schedule.epochs} epochs)")
     result = run_job(job, local=local)
     accuracy = {k: round(v, 2) for k, v in result.metrics.items() if k.startswith("test/acc")}

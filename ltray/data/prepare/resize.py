@@ -17,7 +17,6 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ltray.data.decode import decode_rgb
 from ltray.errors import LtrayError
 
 DEFAULT_JPEG_QUALITY = 90
@@ -79,6 +78,8 @@ def resize_image(data: bytes, resize: Resize) -> bytes:
     """The bytes to write for one image: ``data`` itself when its shorter side is at most
     ``resize.shorter``, else the resized JPEG. ValueError if the image does not decode."""
     from PIL import Image
+
+    from ltray.data.decode import decode_rgb  # torch: imported where an image is decoded
 
     size = _header_size(data)
     if size is not None and min(size) <= resize.shorter:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ltray import fs
-from ltray.data.decode import check_image
 from ltray.data.manifest import PROGRESS_DIR, ShardInfo
 from ltray.data.prepare.image_refs import Item, read_item
 from ltray.data.prepare.resize import ByteTally, Resize, resize_image
@@ -72,6 +71,8 @@ def marker_url(out: str, split: str, index: int) -> str:
 
 def _image_to_write(item: Item, task: ShardTask) -> tuple[bytes, bytes, str | None]:
     """(the bytes read, the bytes to write, why the image is bad or None)."""
+    from ltray.data.decode import check_image  # torch: imported where an image is decoded
+
     data = b""
     try:
         data = read_item(item, task.storage_options)
