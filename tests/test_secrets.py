@@ -223,3 +223,25 @@ def test_s3_userinfo_becomes_key_and_secret_and_explicit_options_win():
     _, options = credentials_from_url("s3://AKIA:url@bucket/ds", {"secret": "opt"})
     assert options == {"key": "AKIA", "secret": "opt"}
     assert credentials_from_url("https://u:p@h/ds", None) == ("https://u:p@h/ds", {})
+
+
+def test_the_secret_search_of_the_end_to_end_tests_finds_what_it_must(tmp_path):
+    """tests/file_search.files_holding, which the end-to-end secret checks trust to find a
+    leak: every spelling, in nested folders, through a link only when asked."""
+    from file_search import files_holding
+
+    (tmp_path / "run" / "deep").mkdir(parents=True)
+    (tmp_path / "run" / "deep" / "params.json").write_bytes(b'{"uri": "http://u:pa%2Fss@h"}')
+    (tmp_path / "run" / "clean.txt").write_bytes(b"nothing here")
+    (tmp_path / "ray-logs").mkdir()
+    (tmp_path / "ray-logs" / "worker.out").write_bytes(b"Authorization: Basic dTpwYS9zcw==")
+    (tmp_path / "run" / "ray").symlink_to(tmp_path / "ray-logs")
+    needles = {"password": [b"pa/ss", b"pa%2Fss"], "header": [b"dTpwYS9zcw=="]}
+
+    assert files_holding(tmp_path / "run", needles) == {
+        str(tmp_path / "run" / "deep" / "params.json"): ["password"]
+    }
+    assert files_holding(tmp_path / "run", needles, follow_links=True) == {
+        str(tmp_path / "run" / "deep" / "params.json"): ["password"],
+        str(tmp_path / "run" / "ray" / "worker.out"): ["header"],
+    }

@@ -19,6 +19,7 @@ from urllib.parse import quote, quote_plus
 import mlflow
 import pytest
 import yaml
+from file_search import files_holding
 from processes import ltray_executable
 from processes import mlflow_server as start_mlflow_server
 from train_support import make_job
@@ -58,16 +59,6 @@ def spellings(secret: str) -> list[bytes]:
 
 def leaks(data: bytes) -> list[str]:
     return [s for s in SECRETS if any(form in data for form in spellings(s))]
-
-
-def search_tree(root: Path) -> dict[str, list[str]]:
-    found = {}
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            hits = leaks(path.read_bytes())
-            if hits:
-                found[str(path)] = hits
-    return found
 
 
 class _AuthProxy(http.server.BaseHTTPRequestHandler):
@@ -206,8 +197,10 @@ def test_no_secret_is_written_anywhere(
     assert b"secret-job" in train_runs.read_bytes(), "Ray's record of the run is not searched"
     assert b"secret-job" in output
 
-    found = search_tree(server_folder) | search_tree(checkpoints) | search_tree(ray_temp_dir)
-    found |= search_tree(workdir)  # where the user typed the command
+    needles = {secret: spellings(secret) for secret in SECRETS}
+    found = {}
+    for folder in (server_folder, checkpoints, ray_temp_dir, workdir):  # workdir: the user's
+        found |= files_holding(folder, needles)
     if leaks(output):
         found["ltray train stdout+stderr"] = leaks(output)
     record = "\n".join(map(str, (run.info, run.data.params, run.data.tags))).encode()

@@ -27,6 +27,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+from file_search import files_holding
 from processes import ltray_executable, mlflow_server, ray_cluster
 from sweep_support import tiny_job, write_sweep
 from train_support import logged_metrics, run_cli
@@ -150,20 +151,6 @@ def test_an_asha_sweep_nests_its_trials_in_mlflow_and_leaves_nothing_behind(
     assert "finished" in output
 
 
-def files_holding(folder: Path, needles: list[bytes]) -> list[str]:
-    found = []
-    for root, _, names in os.walk(folder, followlinks=True):
-        for name in names:
-            path = Path(root) / name
-            try:
-                data = path.read_bytes()
-            except OSError:
-                continue
-            if any(needle in data for needle in needles):
-                found.append(str(path))
-    return found
-
-
 def test_an_interrupted_sweep_resumes_without_rerunning_or_duplicating(
     cluster, sweep_data, tmp_path
 ):
@@ -172,13 +159,13 @@ def test_an_interrupted_sweep_resumes_without_rerunning_or_duplicating(
     with mlflow_server(tmp_path / "server") as (uri, _):
         outputs = interrupt_kill_and_resume(cluster, sweep_data, tmp_path, uri)
     header = base64.b64encode(f"alice:{PASSWORD}".encode())
-    needles = [PASSWORD.encode(), header]
+    needles = {"password": [PASSWORD.encode()], "basic-auth header": [header]}
     logs = [Path(m) for text in outputs for m in re.findall(r"\[ltray\] logs: (\S+)", text)]
     assert len(logs) == 3 and (logs[-1] / "ray").exists()  # Ray's session logs, linked there
     for output in outputs:
         assert PASSWORD not in output
     for folder in (tmp_path / "runs", tmp_path / "server", *logs):
-        assert not files_holding(folder, needles), folder
+        assert not files_holding(folder, needles, follow_links=True), folder
     # the promoted job is the user's own job file with the trial's values: it keeps their URI
     (best,) = tmp_path.glob("*-best.yaml")
     assert PASSWORD in best.read_text()
