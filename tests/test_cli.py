@@ -4,12 +4,16 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+import typer
 from typer.testing import CliRunner
 
 from ltray.cli import app
+from ltray.cli.console import exit_on_error
 
 
 def test_train_with_a_config_typo_prints_one_error_line(tmp_path):
@@ -165,3 +169,25 @@ def test_commands_that_train_nothing_do_not_import_torch(tmp_path):
     said, imported = json.loads(done.stdout.strip().splitlines()[-1])
     assert said == [[0, False], [0, False]] + [[1, True]] * 4
     assert imported == []
+
+
+def test_a_ctrl_c_that_lands_in_a_finalizer_still_ends_the_command(capsys):
+    """SIGINT raises KeyboardInterrupt wherever the main thread is; inside a ``__del__`` or a
+    weakref callback (SQLAlchemy's, run by a garbage collection during a run's start-up)
+    Python ignores it, and `ltray train` once trained to its end after a Ctrl-C."""
+
+    class LandsInAFinalizer:
+        def __del__(self):
+            raise KeyboardInterrupt  # what the signal handler raises, in the finalizer
+
+    hook = sys.unraisablehook
+    deadline = time.monotonic() + 30
+    went_on = False
+    with pytest.raises(typer.Exit) as ended, exit_on_error():
+        LandsInAFinalizer()  # dropped at once: its __del__ runs here
+        while time.monotonic() < deadline:  # the command's work, until interrupted
+            time.sleep(0.01)
+        went_on = True
+    assert ended.value.exit_code == 130 and not went_on
+    assert capsys.readouterr().err == "error: interrupted; run the same command again to resume\n"
+    assert sys.unraisablehook is hook  # only while a command runs
