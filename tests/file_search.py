@@ -7,6 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 
+def names_held(data: bytes, needles: Mapping[str, list[bytes]]) -> list[str]:
+    """The names in ``needles`` (name -> spellings) that ``data`` holds in any spelling."""
+    return [name for name, forms in needles.items() if any(form in data for form in forms)]
+
+
 def files_holding(
     root: Path, needles: Mapping[str, list[bytes]], *, follow_links: bool = False
 ) -> dict[str, list[str]]:
@@ -23,7 +28,7 @@ def files_holding(
                 data = path.read_bytes()
             except OSError:  # removed while we walked (Ray's logs rotate)
                 continue
-            held = [key for key, forms in needles.items() if any(f in data for f in forms)]
+            held = names_held(data, needles)
             if held:
                 found[str(path)] = held
     return found

@@ -19,7 +19,7 @@ from urllib.parse import quote, quote_plus
 import mlflow
 import pytest
 import yaml
-from file_search import files_holding
+from file_search import files_holding, names_held
 from processes import ltray_executable
 from processes import mlflow_server as start_mlflow_server
 from train_support import make_job
@@ -57,8 +57,11 @@ def spellings(secret: str) -> list[bytes]:
     return [form.encode() for form in forms]
 
 
+NEEDLES = {secret: spellings(secret) for secret in SECRETS}
+
+
 def leaks(data: bytes) -> list[str]:
-    return [s for s in SECRETS if any(form in data for form in spellings(s))]
+    return names_held(data, NEEDLES)
 
 
 class _AuthProxy(http.server.BaseHTTPRequestHandler):
@@ -197,10 +200,9 @@ def test_no_secret_is_written_anywhere(
     assert b"secret-job" in train_runs.read_bytes(), "Ray's record of the run is not searched"
     assert b"secret-job" in output
 
-    needles = {secret: spellings(secret) for secret in SECRETS}
     found = {}
     for folder in (server_folder, checkpoints, ray_temp_dir, workdir):  # workdir: the user's
-        found |= files_holding(folder, needles)
+        found |= files_holding(folder, NEEDLES)
     if leaks(output):
         found["ltray train stdout+stderr"] = leaks(output)
     record = "\n".join(map(str, (run.info, run.data.params, run.data.tags))).encode()
