@@ -171,8 +171,15 @@ def profile_term(
             label = f"{name} at {cols} columns"
             print(f"    {label:<40} {ms:7.3f} ms  {rate:7.1f} TFLOP/s")
     three, deep = split_a @ split_b, uniformity._mm_fp32_out(deep_a, deep_b)
-    apart = ((deep - three).abs().max() / three.abs().max()).item()
-    print(f"  the two bf16x3 forms differ by {apart:.1e} of the largest entry (summation order)")
+    exact = a.double() @ b.double()
+    largest = exact.abs().max()
+    apart = ((deep - three).abs().max() / largest).item()
+    print(f"  the two bf16x3 forms differ by {apart:.1e} of the largest entry (summation order);")
+    errors = {"3 products": three, "one product": deep, "fp32": a @ b}
+    print("  off fp64 by, of the largest entry: " + ", ".join(
+        f"{name} {((value.double() - exact).abs().max() / largest).item():.1e}"
+        for name, value in errors.items()
+    ))  # fmt: skip
     activities = [torch.profiler.ProfilerActivity.CPU]
     sort = "cpu_time_total"
     if device.type == "cuda":
