@@ -121,11 +121,11 @@ def images_per_s(
 
 
 class EpochStarts:
-    """Batches of epoch 0, 1, ... back to back (a run's stream, loader restarts included),
-    with the host's wait for each epoch's first batch (the loader's start, its first reads and
-    decodes) in ``waits``, from the last ``restart_clock()`` on. A bench's epochs are a few
-    batches long where a data set's are hundreds or thousands: the waits tell what the
-    restarts cost apart from the flow between them."""
+    """Batches of epoch 0, 1, ... back to back as a run streams them (each epoch's loader
+    started while the epoch before ends), with the host's wait for each epoch's first batch
+    in ``waits``, from the last ``restart_clock()`` on. A bench's epochs are a few batches
+    long where a data set's are hundreds or thousands: the waits tell what the epoch starts
+    cost apart from the flow between them."""
 
     def __init__(self, source: SplitInput) -> None:
         self.source = source
@@ -136,7 +136,7 @@ class EpochStarts:
 
     def __iter__(self) -> Iterator[dict]:
         for epoch in itertools.count():
-            batches = iter(self.source.epoch(epoch))
+            batches = iter(self.source.epoch(epoch, then=epoch + 1))  # as a run asks
             waited = time.perf_counter()
             first = next(batches, None)
             self.waits.append(time.perf_counter() - waited)

@@ -16,6 +16,11 @@ up to the float rounding of a resize on another device):
   tensor there (:mod:`ltray.data.stream.device_set`) and each epoch's batches are gathered and
   augmented on the device, with no loader process at all.
 
+On the two streaming paths each epoch starts its loader processes afresh (their epoch is fixed
+when they start); a trainer asks ``epoch(e, then=e + 1)``, and epoch e + 1's processes start
+while epoch e's last batches are consumed, so that the next epoch's first reads and decodes
+overlap this epoch's last steps instead of stalling the step between epochs.
+
 ``data.loader_workers: auto`` takes the CPUs this process may run on, shares them with the
 other training processes of its node, and keeps one for the training process itself.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import queue
 import threading
@@ -43,6 +49,10 @@ from ltray.errors import LtrayError
 
 PATHS = ("cpu", "gpu", "device")
 PREFETCH = 2  # batches the GPU decode thread works ahead of the step
+# the next epoch's loader starts this many batches a worker before this epoch's end: as many
+# as a loader keeps in flight (make_loader's prefetch_factor), so that this epoch's workers
+# have about done their part when the next epoch's start
+NEXT_EPOCH_LEAD = 2
 MAX_AUTO_WORKERS = 8
 
 
@@ -68,7 +78,8 @@ class SplitInput:
     ``epoch(e, start_batch)`` yields dicts with ``image`` (uint8 [B, 3, S, S]; on the device
     except on the ``cpu`` path) and ``label`` (int64 [B]), from canonical batch ``start_batch``
     on. ``fallback`` counts, by reason, the images of the batches yielded so far that the
-    ``gpu`` path decoded on the CPU.
+    ``gpu`` path decoded on the CPU. ``opened`` lists the (epoch, start batch) of each loader
+    started, in order.
     """
 
     def __init__(
@@ -85,19 +96,60 @@ class SplitInput:
         self.device = device
         self.held = held
         self.fallback: collections.Counter[str] = collections.Counter()
+        self.opened: list[tuple[int, int]] = []
+        # the next epoch's loader, started ahead: ((epoch, start batch), batches, its workers)
+        self._ahead: tuple[tuple[int, int], Iterator[dict[str, Any]], Any] | None = None
 
     def num_batches(self) -> int:
         return self.dataset.num_batches(self.workers)
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, Any]]:
+    def epoch(
+        self, epoch: int, start_batch: int = 0, *, then: int | None = None, steps: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Epoch ``epoch``'s batches from ``start_batch`` on. With ``then``, the epoch that
+        follows (from its first batch), that epoch's loader processes start while this
+        epoch's last :data:`NEXT_EPOCH_LEAD` batches a worker are consumed, so that reading
+        and decoding its first batches overlap them; ``steps`` is where this epoch will stop,
+        if before its end. The next ``epoch()`` takes that loader if it asks for that epoch,
+        else stops it."""
         if self.held is not None:
             return self.held.batches(epoch, start_batch)
+        batches = self._take_or_open(epoch, start_batch)
+        if then is None or self.workers == 0:  # no worker processes to start ahead
+            return batches
+        end = self.num_batches() if steps is None else min(steps, self.num_batches())
+        return self._starting_next(batches, start_batch, end - self.workers * NEXT_EPOCH_LEAD, then)
+
+    def _take_or_open(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            key, batches, workers = ahead
+            if key == (epoch, start_batch):
+                return batches
+            workers.close()  # started for an epoch that is not coming (a resume, a new run)
+        return self._open(epoch, start_batch)[0]
+
+    def _open(self, epoch: int, start_batch: int) -> tuple[Iterator[dict[str, Any]], Any]:
+        """(batches, the loader's iterator): its workers start now, with this epoch."""
         self.dataset.set_epoch(epoch, start_batch)
         cuda = self.device.type == "cuda"
-        loader = make_loader(self.dataset, num_workers=self.workers, pin_memory=cuda)
+        loader = iter(make_loader(self.dataset, num_workers=self.workers, pin_memory=cuda))
+        self.opened.append((epoch, start_batch))
         if self.path == "cpu":
-            return iter(loader)
-        return self._counted(_prefetched(iter(loader), self._decode_on_device, self.device))
+            return loader, loader
+        decode = functools.partial(self._decode_on_device, epoch=epoch)
+        return self._counted(_prefetched(loader, decode, self.device)), loader
+
+    def _starting_next(
+        self, batches: Iterator[dict[str, Any]], first: int, start_at: int, then: int
+    ) -> Iterator[dict[str, Any]]:
+        """``batches`` (numbered from ``first``), starting epoch ``then``'s loader as batch
+        ``start_at`` is handed over."""
+        with contextlib.closing(batches):
+            for index, batch in enumerate(batches, start=first):
+                if index >= start_at and self._ahead is None:
+                    self._ahead = ((then, 0), *self._open(then, 0))
+                yield batch
 
     def _counted(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Batches as they reach the step, their CPU fallbacks counted then (the thread
@@ -107,15 +159,16 @@ class SplitInput:
                 self.fallback.update(batch.pop("fallback"))
                 yield batch
 
-    def _decode_on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Encoded bytes -> the augmented uint8 batch on the device (the ``gpu`` path)."""
+    def _decode_on_device(self, batch: dict[str, Any], epoch: int) -> dict[str, Any]:
+        """Encoded bytes of epoch ``epoch`` -> the augmented uint8 batch on the device (the
+        ``gpu`` path)."""
         try:
             decoded = decode_batch(batch["image"], self.device)
         except UndecodableImage as exc:
             shard, row = batch["where"][exc.position]
             raise undecodable(shard, row, exc.reason) from None
         dataset = self.dataset
-        generator = batch_generator(dataset.seed, dataset.epoch, dataset.rank, batch["batch"])
+        generator = batch_generator(dataset.seed, epoch, dataset.rank, batch["batch"])
         return {
             "image": dataset.transform(decoded.images, generator),
             "label": to_device(batch["label"], self.device),

@@ -288,7 +288,11 @@ class Trainer:
         bad_step = torch.full((), -1, device=device, dtype=torch.long)
         elapsed_before = float(resume.get("partial", {}).get("elapsed", 0.0))
         started = time.perf_counter()
-        batches = source.epoch(epoch, start_batch)
+        # the next epoch's loader starts as this one ends, if that epoch reads this source
+        following = epoch + 1 < self.job.schedule.epochs and workers == self.workers
+        batches = source.epoch(
+            epoch, start_batch, then=epoch + 1 if following else None, steps=steps
+        )
         with contextlib.closing(batches), sync_check:
             # at most `steps` in all: a capped epoch takes no batch it will not train on
             taken = itertools.islice(batches, max(0, steps - start_batch))

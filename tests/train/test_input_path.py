@@ -139,6 +139,58 @@ def test_the_gpu_path_names_an_undecodable_image(tmp_path):
     assert str(info.value).startswith("shard train/part-00000.parquet: row 'a/2.jpg': image ")
 
 
+@pytest.mark.parametrize("path", ["cpu", "gpu"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_next_epochs_loader_starts_during_this_epoch_and_changes_no_batch(
+    data_url, device, path
+):
+    """``epoch(0, then=1)`` starts epoch 1's loader processes while epoch 0's last batches are
+    consumed; ``epoch(1)`` then takes that loader, and both epochs' batches are those of
+    loaders started at each epoch's beginning (the GPU path's augmentation keeps epoch 0's
+    seeds for the batches it decodes after epoch 1's loader started)."""
+    if path == "cpu" and device == "cuda":
+        pytest.skip("the cpu path yields the same batches whatever the device")
+    expected = {e: _epoch(_open(data_url, device, path, workers=2), e, 0) for e in (0, 1)}
+    source = _open(data_url, device, path, workers=2)
+    got, opened_at = [], []
+    for batch in source.epoch(0, then=1):
+        opened_at.append(list(source.opened))
+        got.append((batch["image"].cpu(), batch["label"].cpu()))
+    lead = 2 * input_path.NEXT_EPOCH_LEAD  # batches a worker, two workers
+    assert opened_at[-lead - 1] == [(0, 0)]
+    assert opened_at[-lead] == [(0, 0), (1, 0)]  # started with `lead` batches still to go
+    got_next = _epoch(source, 1, 0)
+    assert source.opened == [(0, 0), (1, 0)]  # epoch 1 read from the loader started ahead
+    for epoch, batches in ((0, got), (1, got_next)):
+        assert len(batches) == len(expected[epoch])
+        for (image, label), (ref_image, ref_label) in zip(batches, expected[epoch], strict=True):
+            assert torch.equal(label, ref_label), epoch
+            assert torch.equal(image, ref_image), epoch
+
+
+def test_a_loader_started_for_an_epoch_that_does_not_come_is_stopped(data_url):
+    import multiprocessing
+
+    source = _open(data_url, "cpu", "cpu", workers=2)
+    for _ in source.epoch(0, then=1):
+        pass
+    assert len(multiprocessing.active_children()) == 2  # epoch 1's, started ahead
+    batches = source.epoch(3)  # a resume elsewhere: epoch 1 is not coming
+    assert source.opened == [(0, 0), (1, 0), (3, 0)]
+    assert len(multiprocessing.active_children()) == 2  # epoch 3's only
+    first = next(batches)
+    assert torch.equal(first["label"], _epoch(_open(data_url, "cpu", "cpu", workers=2), 3, 0)[0][1])
+    batches.close()
+    assert multiprocessing.active_children() == []
+
+
+def test_no_loader_is_started_ahead_without_worker_processes_or_a_next_epoch(data_url):
+    for workers, then in ((0, 1), (2, None)):
+        source = _open(data_url, "cpu", "gpu", workers=workers)
+        assert len(list(source.epoch(0, then=then))) > 0
+        assert source.opened == [(0, 0)], (workers, then)
+
+
 def test_stopping_early_stops_the_decode_thread_and_its_loader(data_url):
     def decoding() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name == "ltray-gpu-decode"]

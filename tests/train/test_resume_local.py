@@ -151,3 +151,30 @@ def test_the_loader_leaves_torchs_global_generator_alone(tiny_data):
     for workers in (0, 2):
         assert len(list(make_loader(dataset, num_workers=workers))) == 3
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_run_starts_the_next_epochs_loader_before_asking_for_that_epoch(
+    odd_data, tmp_path, monkeypatch
+):
+    """With loader processes, epoch 1's loader starts while epoch 0 trains, and epoch 1 reads
+    from it; the last epoch starts none after it."""
+    from ltray.train.input_path import SplitInput
+
+    events: list[tuple[int, str, int]] = []
+    asked, opened = SplitInput.epoch, SplitInput._open
+
+    def epoch(self, number, start_batch=0, **kw):
+        events.append((id(self), "ask", number))
+        return asked(self, number, start_batch, **kw)
+
+    def open_(self, number, start_batch):
+        events.append((id(self), "open", number))
+        return opened(self, number, start_batch)
+
+    monkeypatch.setattr(SplitInput, "epoch", epoch)
+    monkeypatch.setattr(SplitInput, "_open", open_)
+    run_job(resume_job(odd_data, tmp_path), local=True)
+    first = next(source for source, kind, number in events if kind == "ask")  # training's
+    assert [(kind, n) for source, kind, n in events if source == first] == [
+        ("ask", 0), ("open", 0), ("open", 1), ("ask", 1)
+    ]  # fmt: skip

@@ -548,20 +548,39 @@ def _worker_message(exc: LtrayError) -> str:
 
 
 class _Loader(DataLoader):
-    """A DataLoader whose worker errors come back as the worker's one-line LtrayError."""
+    """A DataLoader whose iterator starts its workers as it is made (so that a trainer can
+    start the next epoch's while this one's last batches train) and whose worker errors come
+    back as the worker's one-line LtrayError."""
 
-    def __iter__(self):  # noqa: D105
-        iterator = super().__iter__()
+    def __iter__(self) -> _WorkerBatches:  # noqa: D105
+        return _WorkerBatches(super().__iter__())
+
+
+class _WorkerBatches:
+    """A loader's batches; ``close()``, the end of the batches and an error each stop the
+    workers then, not whenever the iterator is collected: a late collection can stall for
+    seconds joining them."""
+
+    def __init__(self, iterator: Iterator[dict[str, Any]]) -> None:
+        self._iterator = iterator
+
+    def __iter__(self) -> _WorkerBatches:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
         try:
-            yield from iterator
+            return next(self._iterator)
         except LtrayError as exc:
+            self.close()
             raise LtrayError(_worker_message(exc)) from None
-        finally:
-            # stop the workers now (after an error or a break), not whenever the iterator is
-            # collected: a late collection can stall for seconds joining them
-            shutdown = getattr(iterator, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        shutdown = getattr(self._iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
@@ -578,11 +597,12 @@ def make_loader(
 ) -> DataLoader:
     """A DataLoader(batch_size=None) over the dataset's own batches.
 
-    Workers are not persistent: each epoch forks them afresh with the dataset's current
-    epoch and start batch (set_epoch before iterating). Resuming needs the same num_workers.
-    The loader draws its workers' base seed from a generator of its own, never from torch's
-    global one: the dataset seeds its own randomness, and a loader made on resume must not
-    shift the global generator that model-side randomness (dropout) uses.
+    Workers are not persistent: each epoch's iterator forks them afresh, as it is made, with
+    the dataset's epoch and start batch of that moment (set_epoch before iterating). Resuming
+    needs the same num_workers. The loader draws its workers' base seed from a generator of
+    its own, never from torch's global one: the dataset seeds its own randomness, and a loader
+    made on resume must not shift the global generator that model-side randomness (dropout)
+    uses.
     """
     if num_workers < 0:
         raise LtrayError(f"num_workers must be >= 0, got {num_workers}")
