@@ -1,5 +1,6 @@
 """bench/bench_stream.py and bench/bench_scaling.py at their edges: ``--help``, and the skip on a
-machine without Ray (the GPU box has none), which must exit 0 before preparing any data."""
+machine without Ray (the GPU box has none), which must exit 0 before preparing any data; and
+bench/bench_epoch_start.py run small."""
 
 from __future__ import annotations
 
@@ -37,3 +38,15 @@ def test_without_ray_it_says_skipped_and_exits_0(name, monkeypatch, capsys, tmp_
     run_script(name, ["--cache", str(cache)], monkeypatch)  # returns: exit status 0
     assert capsys.readouterr().out == f"{name}: skipped: ray is not installed\n"
     assert not cache.exists()  # nothing prepared
+
+
+def test_the_epoch_start_bench_times_both_ways_and_prints_its_ratio(monkeypatch, capsys, tmp_path):
+    """bench_epoch_start.py runs on CIFAR-10-LT from ../shared/data, or the small synthetic set
+    it makes where that is missing."""
+    monkeypatch.syspath_prepend(str(BENCH))  # as `python bench/NAME.py` puts it first
+    args = ["--steps", "30", "--rounds", "1", "--step-ms", "2", "--cache", str(tmp_path)]
+    run_script("bench_epoch_start", args, monkeypatch)
+    out = capsys.readouterr().out
+    assert "round 0 started at each epoch" in out
+    assert "round 0 next epoch started ahead" in out
+    assert out.splitlines()[-1].startswith("ratio (mean wait for an epoch's first batch, ahead")
