@@ -322,6 +322,8 @@ def test_every_matmul_operand_is_aligned_to_16_bytes(gram):
             out = func(*args, **(kwargs or {}))
             if func.overloadpacket is torch.ops.aten.mm:
                 self.tensors += [args[0], args[1], out]
+            elif func.overloadpacket is torch.ops.aten.addmm:  # a product added into the sums
+                self.tensors += [args[0], args[1], args[2], out]
             return out
 
     w = random_rows(203, 37, seed=9, dtype=torch.float32).requires_grad_()
@@ -333,6 +335,28 @@ def test_every_matmul_operand_is_aligned_to_16_bytes(gram):
         leading = max(x.stride())  # the other stride is 1: each is a row- or column-major view
         assert min(x.stride()) == 1, x.stride()
         assert x.data_ptr() % 16 == 0 and leading * size % 16 == 0, (x.shape, x.stride())
+
+
+@pytest.mark.parametrize("gram", ["fp32", "bf16x3", "bf16"])
+def test_a_product_added_into_the_sums_is_the_product_plus_the_sums(gram):
+    """The pulled gradient's accumulation: ``matmul(into=)`` adds the product into ``into``
+    in place, as ``into + a @ b`` does, up to the order of fp32's sums. A product of depth K
+    summed in fp32 is within K u S of the exact (u = 2^-24, S = sum |a_i b_i|, each part's
+    product exact), so two orders of the three products are within 2 * 3 K u S of each other,
+    and the four sums into ``into`` add 4 u of its magnitude."""
+    depth = 40
+    a = torch.randn(24, depth, generator=torch.Generator().manual_seed(1))
+    b = torch.randn(depth, 16, generator=torch.Generator().manual_seed(2))
+    sums = torch.randn(24, 16, generator=torch.Generator().manual_seed(3)) * 100
+    left, right = uniformity._Operand.of(a, gram), uniformity._Operand.of(b, gram)
+    expected = sums + left @ right
+    into = sums.clone()
+    out = left.matmul(right, into=into)
+    assert out.data_ptr() == into.data_ptr()  # in place
+    u = 2.0**-24
+    scale = float(sums.abs().max() + (a.abs() @ b.abs()).max())
+    assert torch.allclose(into, expected, rtol=0, atol=(2 * 3 * depth + 4) * u * scale)
+    assert not torch.allclose(into, sums, rtol=0, atol=(2 * 3 * depth + 4) * u * scale)
 
 
 def test_the_zero_rows_of_the_padding_leave_value_and_gradient_unchanged():
