@@ -173,6 +173,29 @@ def test_imagenet_train_crops_resizes_and_flips_each_image_as_drawn():
         assert torch.equal(got, want.flip(-1) if flip else want)
 
 
+def test_imagenet_train_runs_two_operations_an_image_and_the_rest_once_a_batch():
+    """On a GPU each operation is a kernel launch from the decode thread: the crop's cast
+    and its resize an image, rounding, cast and flips once for the batch (views launch
+    nothing and are not counted)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    views = {"slice", "select", "unsqueeze", "view", "expand", "alias", "lift_fresh", "detach"}
+
+    class Operations(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ not in views:
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    n = 64
+    images = [_images(1, 40 + i % 7, 50, seed=i)[0] for i in range(n)]
+    with Operations() as operations:
+        build_batch_transform("imagenet", 16, True)(images, _seeded(4))
+    assert operations.count <= 2 * n + 80, operations.count  # the boxes: about 60 a batch
+
+
 def test_imagenet_train_keeps_a_flat_image_flat_at_the_ends_of_the_range():
     """Rounded and clamped: interpolation weights sum to 1, so a flat image stays flat."""
     t = build_batch_transform("imagenet", 16, True)

@@ -155,27 +155,30 @@ def boxes_from_draws(
     return torch.stack([top, left, h, w], 1)
 
 
-def _crop_resize(image: torch.Tensor, box: list[int], size: int, flip: bool) -> torch.Tensor:
-    top, left, h, w = box
-    crop = image[None, :, top : top + h, left : left + w].float()
-    out = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)
-    out = out[0].round_().clamp_(0, 255).to(torch.uint8)
-    return out.flip(-1) if flip else out
-
-
 def random_resized_crop_flip(images: Images, generator: torch.Generator, size: int) -> torch.Tensor:
-    """ImageNet train: RandomResizedCrop to S x S (bilinear, antialiased), random flip."""
+    """ImageNet train: RandomResizedCrop to S x S (bilinear, antialiased), random flip.
+
+    Each image is cropped and resized on its own (the crops differ in size); rounding, the
+    cast to uint8 and the flips then run once for the batch: two operations an image where
+    there were six, which on a GPU are kernel launches the decode thread makes while the
+    step runs (about 520 a batch of 256 where there were 1,420)."""
     images = list(images)
     heights = torch.tensor([image.shape[-2] for image in images])
     widths = torch.tensor([image.shape[-1] for image in images])
     boxes = random_resized_crop_boxes(heights, widths, generator).tolist()
-    flips = (torch.rand(len(images), generator=generator) < 0.5).tolist()
-    return torch.stack(
-        [
-            _crop_resize(image, box, size, flip)
-            for image, box, flip in zip(images, boxes, flips, strict=True)
-        ]
-    )
+    flips = torch.rand(len(images), generator=generator) < 0.5
+    resized = [
+        F.interpolate(
+            image[None, :, top : top + h, left : left + w].float(),
+            size=(size, size),
+            mode="bilinear",
+            antialias=True,
+        )
+        for image, (top, left, h, w) in zip(images, boxes, strict=True)
+    ]
+    batch = torch.cat(resized).round_().clamp_(0, 255).to(torch.uint8)
+    flip = to_device(flips, batch.device)[:, None, None, None]
+    return torch.where(flip, batch.flip(-1), batch)
 
 
 def center(
