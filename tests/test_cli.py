@@ -4,16 +4,12 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-import typer
 from typer.testing import CliRunner
 
 from ltray.cli import app
-from ltray.cli.console import exit_on_error
 
 
 def test_train_with_a_config_typo_prints_one_error_line(tmp_path):
@@ -171,23 +167,37 @@ def test_commands_that_train_nothing_do_not_import_torch(tmp_path):
     assert imported == []
 
 
-def test_a_ctrl_c_that_lands_in_a_finalizer_still_ends_the_command(capsys):
-    """SIGINT raises KeyboardInterrupt wherever the main thread is; inside a ``__del__`` or a
-    weakref callback (SQLAlchemy's, run by a garbage collection during a run's start-up)
-    Python ignores it, and `ltray train` once trained to its end after a Ctrl-C."""
+FINALIZER_CTRL_C = """
+import sys, time
+import typer
+from ltray.cli.console import exit_on_error
 
-    class LandsInAFinalizer:
-        def __del__(self):
-            raise KeyboardInterrupt  # what the signal handler raises, in the finalizer
+class LandsInAFinalizer:
+    def __del__(self):
+        raise KeyboardInterrupt  # what the signal handler raises, in the finalizer
 
-    hook = sys.unraisablehook
-    deadline = time.monotonic() + 30
-    went_on = False
-    with pytest.raises(typer.Exit) as ended, exit_on_error():
+hook = sys.unraisablehook
+try:
+    with exit_on_error():
         LandsInAFinalizer()  # dropped at once: its __del__ runs here
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the command's work, until interrupted
             time.sleep(0.01)
-        went_on = True
-    assert ended.value.exit_code == 130 and not went_on
-    assert capsys.readouterr().err == "error: interrupted; run the same command again to resume\n"
-    assert sys.unraisablehook is hook  # only while a command runs
+    print("went on")
+except typer.Exit as ended:
+    print("exit", ended.exit_code, "hook restored" if sys.unraisablehook is hook else "hook kept")
+"""
+
+
+def test_a_ctrl_c_that_lands_in_a_finalizer_still_ends_the_command():
+    """SIGINT raises KeyboardInterrupt wherever the main thread is; inside a ``__del__`` or a
+    weakref callback (SQLAlchemy's, run by a garbage collection during a run's start-up)
+    Python ignores it, and `ltray train` once trained to its end after a Ctrl-C. In a fresh
+    interpreter, as a command runs: in the suite's own process it once ran its 30 s out
+    after 300 other tests (2026-11-28), which did not happen again alone, under load or
+    after any of the earlier test files."""
+    done = subprocess.run(
+        [sys.executable, "-c", FINALIZER_CTRL_C], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "exit 130 hook restored", done.stdout + done.stderr
+    assert done.stderr == "error: interrupted; run the same command again to resume\n"
