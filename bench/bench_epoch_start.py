@@ -17,10 +17,8 @@ early only moves their work.
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -44,20 +42,6 @@ class IdleStep:
         time.sleep(self.seconds)
 
 
-class StartedAtEachEpoch(EpochStarts):
-    """:class:`EpochStarts` without the look-ahead: each epoch's loader starts when the
-    epoch is asked for (ltray before 2026-11-28)."""
-
-    def __iter__(self) -> Iterator[dict]:
-        for epoch in itertools.count():
-            batches = iter(self.source.epoch(epoch))
-            waited = time.perf_counter()
-            first = next(batches)
-            self.waits.append(time.perf_counter() - waited)
-            yield first
-            yield from batches
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="loader processes")
@@ -72,17 +56,17 @@ def main() -> None:
     manifest = read_manifest(url)
     data = DataConfig(url=url, image_size=32, augment="cifar", decode="cpu", on_device=False)
     step = IdleStep(args.step_ms / 1000)
-    ways = {"started at each epoch": StartedAtEachEpoch, "next epoch started ahead": EpochStarts}
+    ways = {"started at each epoch": False, "next epoch started ahead": True}
     waits: dict[str, list[float]] = {name: [] for name in ways}
     print(f"{described}: batch {args.batch}, {args.workers} loader workers, a step of "
           f"{args.step_ms:.0f} ms ({args.batch / step.seconds:,.0f} img/s alone)")  # fmt: skip
     for round_ in range(args.rounds):
-        for name, feed_type in ways.items():
+        for name, ahead in ways.items():
             source = open_split(
                 data, manifest, "train", train=True, device=torch.device("cpu"),
                 workers=args.workers, batch_size=args.batch, rank=0, world_size=1, seed=0,
             )  # fmt: skip
-            feed = feed_type(source)
+            feed = EpochStarts(source, ahead)
             rate = images_per_s(step, iter(feed), 5, args.steps, feed.restart_clock)
             waits[name] += feed.waits
             print(f"  round {round_} {name:<26} {rate:8,.0f} img/s   {len(feed.waits)} epoch "

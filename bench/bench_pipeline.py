@@ -122,13 +122,15 @@ def images_per_s(
 
 class EpochStarts:
     """Batches of epoch 0, 1, ... back to back as a run streams them (each epoch's loader
-    started while the epoch before ends), with the host's wait for each epoch's first batch
-    in ``waits``, from the last ``restart_clock()`` on. A bench's epochs are a few batches
-    long where a data set's are hundreds or thousands: the waits tell what the epoch starts
-    cost apart from the flow between them."""
+    started while the epoch before ends; with ``ahead=False``, when the epoch is asked for,
+    as ltray did before 2026-11-28), with the host's wait for each epoch's first batch in
+    ``waits``, from the last ``restart_clock()`` on. A bench's epochs are a few batches long
+    where a data set's are hundreds or thousands: the waits tell what the epoch starts cost
+    apart from the flow between them."""
 
-    def __init__(self, source: SplitInput) -> None:
+    def __init__(self, source: SplitInput, ahead: bool = True) -> None:
         self.source = source
+        self.ahead = ahead
         self.waits: list[float] = []
 
     def restart_clock(self) -> None:
@@ -136,7 +138,8 @@ class EpochStarts:
 
     def __iter__(self) -> Iterator[dict]:
         for epoch in itertools.count():
-            batches = iter(self.source.epoch(epoch, then=epoch + 1))  # as a run asks
+            then = epoch + 1 if self.ahead else None  # as a run asks
+            batches = iter(self.source.epoch(epoch, then=then))
             waited = time.perf_counter()
             first = next(batches, None)
             self.waits.append(time.perf_counter() - waited)
