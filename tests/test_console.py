@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from processes import ltray_executable
+from processes import COMMAND_TIMEOUT_S, ltray_executable
 
 from ltray.cli.demo import demo_job_mapping, load_demo_job
 
@@ -94,7 +94,7 @@ def run_demo(cwd: Path, *args: str) -> Console:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=COMMAND_TIMEOUT_S,
     )
     console = Console(done.returncode, done.stdout, done.stderr)
     assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"

@@ -31,6 +31,7 @@ from deploy.stack import (
     s3_server,
 )
 from processes import (
+    COMMAND_TIMEOUT_S,
     cluster_processes,
     command_line,
     free_port,
@@ -118,7 +119,7 @@ def stack(tmp_path_factory):
         yield env, uri, postgres, s3, sets
 
 
-def ltray(env: dict, *args: str, timeout: float = 600) -> tuple[int, str]:
+def ltray(env: dict, *args: str, timeout: float = COMMAND_TIMEOUT_S) -> tuple[int, str]:
     """``ltray ARGS`` from the repository's root (what a submit uploads), as a user runs it."""
     done = subprocess.run(
         [ltray_executable(), *args],

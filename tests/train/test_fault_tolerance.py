@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from processes import command_line, descendants, ltray_executable, wait_for
+from processes import COMMAND_TIMEOUT_S, command_line, descendants, ltray_executable, wait_for
 from train_support import (
     assert_logged_as_finished,
     assert_same_metrics,
@@ -117,7 +117,7 @@ def test_worker_killed_inside_an_epoch_resumes_there_and_ends_like_an_uninterrup
         [ltray_executable(), "train", str(write_job(reference, tmp_path / "reference"))],
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=COMMAND_TIMEOUT_S,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -132,7 +132,7 @@ def test_worker_killed_inside_an_epoch_resumes_there_and_ends_like_an_uninterrup
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
         replaced = wait_for(lambda: train_workers(process) - first, 120, "replacement workers")
-        output, _ = process.communicate(timeout=400)
+        output, _ = process.communicate(timeout=COMMAND_TIMEOUT_S)
     finally:
         if process.poll() is None:
             process.kill()

@@ -20,7 +20,7 @@ import mlflow
 import pytest
 import yaml
 from file_search import files_holding, names_held
-from processes import ltray_executable
+from processes import COMMAND_TIMEOUT_S, ltray_executable
 from processes import mlflow_server as start_mlflow_server
 from train_support import make_job
 
@@ -176,7 +176,7 @@ def test_no_secret_is_written_anywhere(
         [ltray_executable(), "train", str(job_file)],
         env=env,
         capture_output=True,
-        timeout=600,
+        timeout=COMMAND_TIMEOUT_S,
         cwd=workdir,
     )
     output = done.stdout + b"\n" + done.stderr

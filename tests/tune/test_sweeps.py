@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import yaml
 from file_search import files_holding
-from processes import ltray_executable, mlflow_server, ray_cluster
+from processes import COMMAND_TIMEOUT_S, ltray_executable, mlflow_server, ray_cluster
 from sweep_support import tiny_job, write_sweep
 from train_support import logged_metrics, run_cli
 
@@ -55,7 +55,7 @@ def sweep_in_a_job(cluster: dict, sweep_file: Path, folder: Path) -> dict:
         env=cluster,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=COMMAND_TIMEOUT_S,
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return json.loads(out.read_text())
@@ -247,7 +247,12 @@ def interrupt_kill_and_resume(cluster: dict, sweep_data: str, tmp_path: Path, ur
     assert done and interrupted, (trained, epochs_seen)
 
     second = subprocess.run(
-        command, cwd=tmp_path, env=cluster, capture_output=True, text=True, timeout=600
+        command,
+        cwd=tmp_path,
+        env=cluster,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
     )
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-4000:]
@@ -332,7 +337,7 @@ def test_a_seeded_tpe_sweep_draws_what_optuna_draws(cluster, sweep_data, tmp_pat
         env=cluster,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=COMMAND_TIMEOUT_S,
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "restoring" not in done.stdout
