@@ -17,8 +17,8 @@ from pathlib import Path
 # The hang guard of a whole ltray command that trains on Ray (the demo, a sweep, a run that
 # loses a worker), in seconds. It catches a hang and is no speed target (bench/ measures
 # speed): the slowest of these, the demo, took 6-8 minutes on the 2-core machines of
-# 2026-11-28/29, whose speed varies about twofold by the hour, and a CI run of 2026-11-28 stopped
-# it at the 10 minutes it was given then.
+# 2026-11-28/29, whose speed varies about twofold by the hour, and the CI run of commit 795abf6
+# stopped it at the 10 minutes it was given then.
 COMMAND_TIMEOUT_S = 1200
 
 
