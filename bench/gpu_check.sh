@@ -143,16 +143,22 @@ if part repro && [ -n "$data" ]; then
     for name in "${runs[@]}"; do
         sets=(--set loss.name="${name%-prior}")
         [ "$name" = dr-prior ] && sets+=(--set loss.prior_tau=1.0)
-        LTRAY_SYNC_DEBUG=warn timeout "$budget" "${LTRAY[@]}" train jobs/cifar10_lt.yaml \
-            "${common[@]}" --set storage.url=/tmp/gpu-check-runs "${sets[@]}" "${quick[@]}" \
-            > "$LOGS/repro-$name.txt" 2>&1 &
+        # each run in a storage folder of its own, which repro_row.py reads its epochs from
+        rm -rf "/tmp/gpu-check-runs/$name"
+        { t0=$(date +%s)
+          LTRAY_SYNC_DEBUG=warn timeout "$budget" "${LTRAY[@]}" train jobs/cifar10_lt.yaml \
+              "${common[@]}" --set storage.url="/tmp/gpu-check-runs/$name" "${sets[@]}" \
+              "${quick[@]}"
+          echo "[gpu-check] process wall $(( $(date +%s) - t0 )) s"
+        } > "$LOGS/repro-$name.txt" 2>&1 &
     done
     wait
     { echo
-      echo "| loss | test top-1 | many | medium | few | mean epoch s (img/s) | epochs done |"
-      echo "| --- | --- | --- | --- | --- | --- | --- |"
+      "$PY" -c "import sys; sys.path.insert(0, 'bench'); from repro_row import HEADER
+print(HEADER); print('|' + ' --- |' * (HEADER.count('|') - 1))"
       for name in "${runs[@]}"; do
-          "$PY" bench/repro_row.py "$name" "$LOGS/repro-$name.txt" "$data"
+          "$PY" bench/repro_row.py "$name" "$LOGS/repro-$name.txt" "$data" \
+              "/tmp/gpu-check-runs/$name"
       done
       echo
       echo "host synchronisations reported in the reproduction's step loops (held on the" \

@@ -9,6 +9,7 @@ epochs of three steps); without it the training parts say they skipped.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -59,7 +60,11 @@ def test_the_gpu_check_runs_in_cpu_mode_and_writes_its_summary_and_logs(tmp_path
     assert [row.split(" | ")[0] for row in rows] == ["| balanced_softmax", "| dr-prior"]
     for row in rows:  # every run finished its two epochs and printed its test accuracy
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert cells[-1] == "2" and float(cells[1]) >= 0.0, row
+        assert cells[6] == "2" and float(cells[1]) >= 0.0, row
+        # where the time went, from the run's checkpoint and the process's wall clock
+        assert re.fullmatch(r"[\d.]+ \([\d.]+ \+ [\d.]+ \+ -?[\d.]+\)", cells[7]), row
+        assert float(cells[8]) > 0.0, row
+        assert re.fullmatch(r"\d+ \(\d+ \+ -?\d+\)", cells[9]), row
 
 
 def _member(out: Path, name: str) -> str:

@@ -91,7 +91,8 @@ def cpu_run_name(job, local: bool) -> str:
     ).run_name
 
 
-TIMING = ("train/images_per_s", "train/epoch_s")  # the only metrics a resume may change
+# the only metrics a resume may change
+TIMING = ("train/images_per_s", "train/epoch_s", "time/eval_s", "time/wall_s")
 
 
 def local_state(job) -> dict[str, Any] | None:

@@ -100,6 +100,8 @@ class Trainer:
         tags: dict[str, str] | None = None,
     ) -> None:
         """``tags``: added to the MLflow run's own (a sweep trial's parent run and trial id)."""
+        # wall time of this attempt since its start or its last epoch record (time/wall_s)
+        self._clock = time.perf_counter()
         self.job = job
         self.extra_tags = dict(tags or {})
         self.fresh = fresh
@@ -410,6 +412,7 @@ class Trainer:
         decomposition = None
         last = epoch == self.job.schedule.epochs - 1
         if (epoch + 1) % self.job.schedule.eval_every == 0 or last:
+            started = time.perf_counter()
             metrics, counts = self.evaluate_split(self.eval_split, self.eval_prefix)
             record.update(metrics)
             weight = self.model.head.weight.detach().float()
@@ -417,6 +420,7 @@ class Trainer:
                 weight, self.train_counts, self.groups, self.manifest.classes
             )
             record.update(decomposition["metrics"])
+            record["time/eval_s"] = time.perf_counter() - started
         return record, decomposition
 
     # --- stage 2 (crt, lws, tau_norm) --------------------------------------------------------
@@ -518,6 +522,8 @@ class Trainer:
         for epoch in range(self.start_epoch, self.job.schedule.epochs):
             train_metrics = self.train_epoch(epoch)
             record, decomposition = self._epoch_record(epoch, train_metrics)
+            now = time.perf_counter()
+            record["time/wall_s"], self._clock = now - self._clock, now
             self.history.append(record)
             due = (epoch + 1) % self.job.storage.checkpoint_every == 0
             last = epoch == self.job.schedule.epochs - 1

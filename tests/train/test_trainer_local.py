@@ -79,6 +79,26 @@ def test_local_run_logs_every_epoch_and_the_model(tiny_data, tmp_path):
     mlflow_run(job)
 
 
+def test_each_epoch_logs_where_its_time_went(tiny_data, tmp_path):
+    """time/wall_s spans the epoch's training and evaluation and more (the set-up before the
+    first epoch, the previous epoch's checkpoint and logs); time/eval_s is on evaluated epochs."""
+    job = make_job(
+        tiny_data, tmp_path, schedule={"epochs": 3, "eval_every": 2}, tracking={"log_model": False}
+    )
+    run_job(job, local=True)
+    client, run = mlflow_run(job)
+
+    def logged(key):
+        return {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+
+    wall, train, evaluation = logged("time/wall_s"), logged("train/epoch_s"), logged("time/eval_s")
+    assert sorted(wall) == [0, 1, 2] and sorted(evaluation) == [1, 2]  # epoch 1, and the last
+    for epoch, seconds in wall.items():
+        assert seconds > train[epoch] + evaluation.get(epoch, 0.0) > 0.0, epoch
+    history = local_state(job)["history"]  # the checkpoint holds what MLflow holds
+    assert [r["time/wall_s"] for r in history] == [wall[e] for e in (0, 1, 2)]
+
+
 def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(
     tiny_data, tmp_path, monkeypatch
 ):
