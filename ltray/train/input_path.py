@@ -120,6 +120,15 @@ class SplitInput:
         end = self.num_batches() if steps is None else min(steps, self.num_batches())
         return self._starting_next(batches, start_batch, end - self.workers * NEXT_EPOCH_LEAD, then)
 
+    def close(self) -> None:
+        """Stop the loader started ahead for an epoch that is not coming: the run ended (or
+        failed) before it. Its processes would otherwise live until the process exits."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            _, batches, workers = ahead
+            getattr(batches, "close", lambda: None)()
+            workers.close()
+
     def _take_or_open(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
         ahead, self._ahead = self._ahead, None
         if ahead is not None:

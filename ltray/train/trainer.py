@@ -203,6 +203,11 @@ class Trainer:
             )
         return self._inputs[key]
 
+    def close(self) -> None:
+        """Stop what the inputs started ahead (a run that ends before its last epoch)."""
+        for source in self._inputs.values():
+            source.close()
+
     def _say(self, line: str) -> None:
         if self.rank == 0:
             self.session.say(line)
@@ -624,5 +629,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if session.rank == 0:
             storage.write_bytes(f"{run_name}/{FAILURE_FILE}", str(exc).encode())
         return
+    finally:
+        trainer.close()
     if config.get("local"):
         config["result"] = final

@@ -184,6 +184,19 @@ def test_a_loader_started_for_an_epoch_that_does_not_come_is_stopped(data_url):
     assert multiprocessing.active_children() == []
 
 
+@pytest.mark.parametrize("path", ["cpu", "gpu"])
+def test_close_stops_the_loader_started_ahead(data_url, path):
+    import multiprocessing
+
+    source = _open(data_url, "cpu", path, workers=2)
+    for _ in source.epoch(0, then=1):
+        pass
+    assert len(multiprocessing.active_children()) == 2
+    source.close()
+    assert multiprocessing.active_children() == []
+    source.close()  # nothing left to stop: a second close is harmless
+
+
 def test_no_loader_is_started_ahead_without_worker_processes_or_a_next_epoch(data_url):
     for workers, then in ((0, 1), (2, None)):
         source = _open(data_url, "cpu", "gpu", workers=workers)

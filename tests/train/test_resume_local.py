@@ -178,3 +178,29 @@ def test_a_run_starts_the_next_epochs_loader_before_asking_for_that_epoch(
     assert [(kind, n) for source, kind, n in events if source == first] == [
         ("ask", 0), ("open", 0), ("open", 1), ("ask", 1)
     ]  # fmt: skip
+
+
+def test_a_run_that_fails_stops_the_loader_it_started_for_the_next_epoch(
+    odd_data, tmp_path, monkeypatch
+):
+    """The failure comes after epoch 0's steps, when epoch 1's loader processes already run;
+    they stop with the run, not when the failed run's objects are collected."""
+    import multiprocessing
+
+    from ltray.train.input_path import SplitInput
+    from ltray.train.trainer import Trainer
+
+    opened = []
+    open_ = SplitInput._open
+    monkeypatch.setattr(SplitInput, "_open", lambda self, *a: opened.append(a) or open_(self, *a))
+
+    def fail_after_training(self, epoch, train_metrics):
+        assert len(multiprocessing.active_children()) == 2  # epoch 1's loader, started ahead
+        raise RuntimeError("simulated failure after epoch 0's steps")
+
+    monkeypatch.setattr(Trainer, "_epoch_record", fail_after_training)
+    with pytest.raises(RuntimeError, match="simulated") as failed:
+        run_job(resume_job(odd_data, tmp_path), local=True)
+    assert (1, 0) in opened
+    assert multiprocessing.active_children() == []
+    assert failed.traceback  # the run's frames, and so its inputs, are still referenced here
