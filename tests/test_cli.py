@@ -167,6 +167,26 @@ def test_commands_that_train_nothing_do_not_import_torch(tmp_path):
     assert imported == []
 
 
+def test_the_processes_around_the_workers_do_not_import_torchvision():
+    """A run's driver (``ltray train``'s, ``ltray tune``'s, each sweep trial's), and Ray's
+    controller, which unpickles the run's callbacks, import these modules and the function Ray
+    pickles for the workers by name, not the loop's: torchvision costs seconds of CPU in each
+    process (it pulls in torch._dynamo), times every trial of a sweep."""
+    script = (
+        "import pickle, sys\n"
+        "import ltray.cli.train, ltray.cli.tune, ltray.tune.sweep\n"
+        "from ltray.train.launcher import train_loop\n"
+        "from ltray.train.session import failure_notice\n"
+        "from ltray.tune.driver import EpochReports, trial_driver\n"
+        "pickle.loads(pickle.dumps((train_loop, trial_driver, EpochReports, failure_notice)))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 FINALIZER_CTRL_C = """
 import signal, sys, time
 import typer

@@ -119,6 +119,16 @@ class Manifest:
     def num_rows(self, split: str) -> int:
         return self.split(split).rows
 
+    def check_train_shares(self, split: str, world_size: int) -> None:
+        """Refuse, before training, a training split that would leave one of ``world_size``
+        ranks without a batch (each takes floor(rows / world_size) rows)."""
+        rows = self.num_rows(split)
+        if rows // world_size == 0:
+            raise LtrayError(
+                f"training split {split!r} has {rows} rows, fewer than scaling.num_workers="
+                f"{world_size}: a worker would get no training batch (use fewer workers)"
+            )
+
     def shards(self, split: str) -> list[ShardInfo]:
         return list(self.split(split).shards)
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+# where a Ray run's rank 0 leaves the divergence's message for the launcher, in the run's folder
+FAILURE_FILE = "failure.txt"
+
 
 class NonFiniteLoss(Exception):
     """Raised on every rank at once when the loss or gradients stop being finite."""

@@ -27,6 +27,7 @@ from ltray.tracking import (
     resolve_tracking_uri,
 )
 from ltray.train.device import wants_gpu
+from ltray.train.divergence import FAILURE_FILE
 from ltray.train.run_identity import (
     IDENTITY_TAG,
     RunIdentity,
@@ -37,7 +38,6 @@ from ltray.train.run_identity import (
     resolve_job,
 )
 from ltray.train.storage import Storage
-from ltray.train.trainer import FAILURE_FILE, check_train_shares, train_loop_per_worker
 
 
 def _is_local_path(url: str) -> bool:
@@ -72,7 +72,7 @@ def preflight(job: JobConfig, local: bool = False) -> Manifest:
     split = job.data.train_split
     if manifest.has_split(split):
         workers = 1 if local else job.scaling.num_workers
-        check_train_shares(sum(manifest.class_counts(split)), workers, split)
+        manifest.check_train_shares(split, workers)
     check_selection_has_a_val_split(job, manifest)
     Storage(job.storage.url, job.storage.storage_options).check_writable()
     if job.tracking.enabled:
@@ -136,7 +136,7 @@ def run_job(job: JobConfig, *, local: bool = False, fresh: bool = False) -> RunR
     }
     try:
         if local:
-            train_loop_per_worker(config)
+            train_loop(config)
             metrics = config["result"]
         else:
             metrics = run_on_ray(job, config, storage)
@@ -144,6 +144,16 @@ def run_job(job: JobConfig, *, local: bool = False, fresh: bool = False) -> RunR
         _remove_if_unstarted(storage, run_name)
         raise
     return RunResult(run_name, metrics, _mlflow_run_id(job, run_name))
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """:func:`ltray.train.trainer.train_loop_per_worker`, imported where it runs: Ray pickles
+    this function by name, so the driver (``ltray train``'s, a sweep trial's) never imports the
+    loop's modules. torchvision among them costs seconds of CPU a process (it pulls in
+    torch._dynamo)."""
+    from ltray.train.trainer import train_loop_per_worker
+
+    train_loop_per_worker(config)
 
 
 def _refuse_another_trainings_mlflow_run(job: JobConfig, identity: RunIdentity) -> None:
@@ -308,7 +318,7 @@ def run_on_ray(
         config["console"] = relay.queue
         callbacks.append(failure_notice(relay.queue, scaling.max_failures))
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_loop,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(

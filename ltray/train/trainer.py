@@ -46,6 +46,7 @@ from ltray.train.classifier_stage import SAMPLER as STAGE2_SAMPLER
 from ltray.train.decoupled import accuracy, collect_features, tau_norm
 from ltray.train.device import Normalizer, Placement, SyncCheck, wants_gpu
 from ltray.train.divergence import (
+    FAILURE_FILE,
     NonFiniteLoss,
     first_bad_step,
     gradients_finite,
@@ -67,21 +68,11 @@ from ltray.train.session import LocalSession, RaySession, Session, fetch_secrets
 from ltray.train.storage import Storage
 from ltray.train.train_module import TrainModule, compile_failures_named, compile_step
 
-FAILURE_FILE = "failure.txt"
 # "warn" or "error": any host synchronisation inside the step loop is reported from its third
 # step on, by torch on a GPU and by ltray.train.host_reads elsewhere (bench/gpu_check.sh and
 # the suite set it; the loop reads the device only at log_every_steps, and a mid-epoch
 # checkpoint's save)
 SYNC_DEBUG_ENV = "LTRAY_SYNC_DEBUG"
-
-
-def check_train_shares(num_rows: int, world_size: int, split: str) -> None:
-    """Refuse, before training, a split that would leave a rank without a training batch."""
-    if num_rows // world_size == 0:
-        raise LtrayError(
-            f"training split {split!r} has {num_rows} rows, fewer than scaling.num_workers="
-            f"{world_size}: a worker would get no training batch (use fewer workers)"
-        )
 
 
 def _device(session: Session, job: JobConfig) -> torch.device:
@@ -115,7 +106,7 @@ class Trainer:
         self.num_classes = self.manifest.num_classes
         check_class_count(job, self.num_classes)
         self.train_counts = self.manifest.class_counts(data.train_split)
-        check_train_shares(sum(self.train_counts), self.world, data.train_split)
+        self.manifest.check_train_shares(data.train_split, self.world)
         self.groups = shot_groups(self.train_counts, data.many_threshold, data.few_threshold)
         val = data.val_split or ("val" if self.manifest.has_split("val") else None)
         for split in (data.train_split, val or data.test_split, data.test_split):
