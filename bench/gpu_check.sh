@@ -154,8 +154,7 @@ if part repro && [ -n "$data" ]; then
     done
     wait
     { echo
-      "$PY" -c "import sys; sys.path.insert(0, 'bench'); from repro_row import HEADER
-print(HEADER); print('|' + ' --- |' * (HEADER.count('|') - 1))"
+      "$PY" bench/repro_row.py --header
       for name in "${runs[@]}"; do
           "$PY" bench/repro_row.py "$name" "$LOGS/repro-$name.txt" "$data" \
               "/tmp/gpu-check-runs/$name"

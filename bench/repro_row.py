@@ -1,6 +1,7 @@
 """One row of bench/gpu_check.sh's reproduction table, from an `ltray train --local` log.
 
     python bench/repro_row.py NAME LOG DATA [RUNS]
+    python bench/repro_row.py --header        # the table's two header lines
 
 Reads the final metrics (``test/acc: 64.55`` lines) and the progress lines' images per second
 (``[ltray] epoch E: ... (N img/s)``; the first epoch, which pays the start-up, left out); the
@@ -71,7 +72,10 @@ def latest_history(runs: str) -> list[dict[str, Any]]:
     return states[0]["history"] if len(states) == 1 else []
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1:] == ["--header"]:
+    print(HEADER)
+    print("|" + " --- |" * (HEADER.count("|") - 1))
+elif __name__ == "__main__":
     name, log, data = sys.argv[1:4]
     history = latest_history(sys.argv[4]) if len(sys.argv) > 4 else []
     with open(log, encoding="utf-8", errors="replace") as handle:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -64,6 +65,17 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> ob
             return value
         time.sleep(0.2)
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def python_json(code: str, *args: str, env=None, cwd=None, timeout: float = 300) -> object:
+    """What a fresh Python running ``code`` (with ``args``) prints last, read as JSON; a failed
+    run fails the test with its stderr's end."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def ltray_executable() -> str:

@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from processes import python_json
 from typer.testing import CliRunner
 
 from ltray.cli import app
@@ -158,11 +159,7 @@ def test_commands_that_train_nothing_do_not_import_torch(tmp_path):
         "said = [[r.exit_code, 'cannot reach the Ray dashboard' in r.output] for r in results]\n"
         "print(json.dumps([said, sorted({'torch', 'torchvision'} & set(sys.modules))]))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(calls)],
-        capture_output=True, text=True, cwd=tmp_path, check=True, timeout=300,
-    )  # fmt: skip
-    said, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    said, imported = python_json(script, json.dumps(calls), cwd=tmp_path)
     assert said == [[0, False], [0, False]] + [[1, True]] * 4
     assert imported == []
 
@@ -173,18 +170,15 @@ def test_the_processes_around_the_workers_do_not_import_torchvision():
     pickles for the workers by name, not the loop's: torchvision costs seconds of CPU in each
     process (it pulls in torch._dynamo), times every trial of a sweep."""
     script = (
-        "import pickle, sys\n"
+        "import json, pickle, sys\n"
         "import ltray.cli.train, ltray.cli.tune, ltray.tune.sweep\n"
         "from ltray.train.launcher import train_loop\n"
         "from ltray.train.session import failure_notice\n"
         "from ltray.tune.driver import EpochReports, trial_driver\n"
         "pickle.loads(pickle.dumps((train_loop, trial_driver, EpochReports, failure_notice)))\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision')))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
-    )
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert python_json(script) == []
 
 
 FINALIZER_CTRL_C = """

@@ -121,21 +121,18 @@ class SplitInput:
         return self._starting_next(batches, start_batch, end - self.workers * NEXT_EPOCH_LEAD, then)
 
     def close(self) -> None:
-        """Stop the loader started ahead for an epoch that is not coming: the run ended (or
-        failed) before it. Its processes would otherwise live until the process exits."""
+        """Stop the loader started ahead for an epoch that is not coming (a resume elsewhere,
+        a run that ended or failed before it): its processes would otherwise live until the
+        process exits."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
-            _, batches, workers = ahead
-            getattr(batches, "close", lambda: None)()
-            workers.close()
+            ahead[2].close()
 
     def _take_or_open(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            key, batches, workers = ahead
-            if key == (epoch, start_batch):
-                return batches
-            workers.close()  # started for an epoch that is not coming (a resume, a new run)
+        if self._ahead is not None and self._ahead[0] == (epoch, start_batch):
+            batches, self._ahead = self._ahead[1], None
+            return batches
+        self.close()
         return self._open(epoch, start_batch)[0]
 
     def _open(self, epoch: int, start_batch: int) -> tuple[Iterator[dict[str, Any]], Any]:

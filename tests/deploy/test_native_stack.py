@@ -16,7 +16,6 @@ import contextlib
 import json
 import re
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -36,6 +35,7 @@ from processes import (
     command_line,
     free_port,
     ltray_executable,
+    python_json,
     ray_cluster,
     wait_for,
 )
@@ -145,11 +145,7 @@ def alive_actors(env: dict) -> list[str]:
         " filters=[('state', '=', 'ALIVE')], limit=1000)\n"
         "print(json.dumps([a.class_name for a in actors]))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return python_json(code, env=env, timeout=120)
 
 
 def train_worker_processes(env: dict) -> list[str]:
