@@ -28,6 +28,7 @@ from ltray.tracking import (
 )
 from ltray.train.device import wants_gpu
 from ltray.train.divergence import FAILURE_FILE
+from ltray.train.finished_run import answer_finished, final_state
 from ltray.train.run_identity import (
     IDENTITY_TAG,
     RunIdentity,
@@ -116,15 +117,21 @@ def run_job(job: JobConfig, *, local: bool = False, fresh: bool = False) -> RunR
     else:
         ray_init()
         use_gpu, world_size = use_gpu_on_cluster(job), job.scaling.num_workers
-        check_cluster_fits(job.scaling, use_gpu)
     job = resolve_job(job, world_size=world_size, use_gpu=use_gpu, num_classes=manifest.num_classes)
     identity = identity_of(job)
     run_name = identity.run_name
     storage = Storage(job.storage.url, job.storage.storage_options)
-    if fresh and storage.exists(run_name):
-        storage.remove(run_name)
     if not fresh:
         _refuse_another_trainings_mlflow_run(job, identity)
+        state = final_state(storage, identity, local)
+        if state is not None:  # nothing to train: no worker starts
+            return RunResult(
+                run_name, state["final"], answer_finished(job, run_name, state, manifest)
+            )
+    if not local:
+        check_cluster_fits(job.scaling, use_gpu)
+    if fresh and storage.exists(run_name):
+        storage.remove(run_name)
     claim_checkpoint_folder(storage, identity)
     public, secrets = split_secrets(job.model_dump(mode="json"))
     config: dict[str, Any] = {

@@ -506,7 +506,10 @@ class Trainer:
         self.tracker.fill_missing(self.history)
         if state is not None and not self.final:
             self._announce_resume()
-        if self.final:  # the final metrics and model were logged before this checkpoint
+        # the final metrics and model were logged before this checkpoint. A finished run given
+        # again is answered on the driver (ltray.train.finished_run); this is Ray restoring the
+        # final checkpoint after a worker failed on the way out
+        if self.final:
             if self.rank == 0:
                 note = f"[ltray] run {self.run_name} already finished; start fresh to rerun it"
                 self.session.say(note)

@@ -14,7 +14,6 @@ MLflow child run (found again by that name).
 from __future__ import annotations
 
 import dataclasses
-import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,7 @@ from ltray.config import JobConfig
 from ltray.fs import join_url
 from ltray.secrets import split_secrets
 from ltray.tracking import PARENT_TAG, SWEEP_TAG, TRIAL_TAG
-from ltray.train.checkpoint import CHECKPOINT_FILE, load_state
+from ltray.train.finished_run import final_state
 from ltray.train.launcher import run_on_ray, use_gpu_on_cluster
 from ltray.train.run_identity import (
     IDENTITY_TAG,
@@ -98,7 +97,7 @@ def trial_driver(params: dict[str, Any], plan: TrialPlan) -> None:
     identity = dataclasses.replace(identity_of(job), run_name=run_name)
     storage = Storage(job.storage.url, job.storage.storage_options)
     claim_checkpoint_folder(storage, identity)
-    finished = finished_state(storage, run_name)
+    finished = final_state(storage, identity, local=False)
     if finished is not None:
         # trained to the end before the sweep was interrupted, but after Tune last saved its
         # state: report the last epoch again instead of training anything
@@ -123,13 +122,3 @@ def trial_driver(params: dict[str, Any], plan: TrialPlan) -> None:
     }
     reports = EpochReports(plan.sweep.config.metric.name)
     run_on_ray(job, config, storage, callbacks=[reports], console=False)
-
-
-def finished_state(storage: Storage, run_name: str) -> dict[str, Any] | None:
-    """The final checkpoint of a run that trained to the end, or None."""
-    finals = sorted(n for n in storage.list(run_name) if "_final" in n)
-    for name in reversed(finals):
-        path = f"{run_name}/{name}/{CHECKPOINT_FILE}"
-        if storage.exists(path):
-            return load_state(io.BytesIO(storage.read_bytes(path)))
-    return None

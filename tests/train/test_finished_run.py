@@ -1,0 +1,115 @@
+"""A run that trained to the end, given again: answered on the driver from its final
+checkpoint, without starting a worker, its MLflow run left as a finished run's."""
+
+from __future__ import annotations
+
+import io
+
+import mlflow
+import pytest
+from train_support import logged_metrics, make_job
+
+from ltray.errors import LtrayError
+from ltray.train import launcher
+from ltray.train.checkpoint import CHECKPOINT_FILE, save_state
+from ltray.train.finished_run import final_state
+from ltray.train.run_identity import RunIdentity, claim_checkpoint_folder
+from ltray.train.storage import Storage
+
+IDENTITY = RunIdentity("t-0123abcd", world_size=2, global_batch=32, precision="fp32", device="cpu")
+
+
+def write_checkpoint(storage: Storage, folder: str, state: dict) -> None:
+    buffer = io.BytesIO()
+    save_state(state, buffer)
+    storage.write_bytes(f"{folder}/{CHECKPOINT_FILE}", buffer.getvalue())
+
+
+def ray_layout(tmp_path) -> Storage:
+    """A Ray run's folder as the loop leaves it: the identity record, an epoch's checkpoint and
+    the final one (Ray's names: the stream position, ``_final``, a time)."""
+    storage = Storage(str(tmp_path / "runs"))
+    claim_checkpoint_folder(storage, IDENTITY)
+    run = IDENTITY.run_name
+    write_checkpoint(storage, f"{run}/checkpoint_000001_000000-11", {"final": {}, "history": [1]})
+    final = {"final": {"test/acc": 50.0}, "history": [1, 2]}
+    write_checkpoint(storage, f"{run}/checkpoint_000002_000000_final-12", final)
+    return storage
+
+
+def test_the_final_checkpoint_is_found_where_the_loop_would_restore_it(tmp_path):
+    storage = ray_layout(tmp_path)
+    state = final_state(storage, IDENTITY, local=False)
+    assert state["final"] == {"test/acc": 50.0} and state["history"] == [1, 2]
+    assert final_state(storage, IDENTITY, local=True) is None  # a --local run's are in RUN/local
+    # another training's folder is refused, not answered from
+    other = RunIdentity(IDENTITY.run_name, 1, 16, "fp32", "cpu")
+    with pytest.raises(LtrayError, match="belongs to another training"):
+        final_state(storage, other, local=False)
+    # a folder without this ltray's identity record: nothing read (the launcher's claim decides)
+    assert final_state(Storage(str(tmp_path / "elsewhere")), IDENTITY, local=False) is None
+
+
+def test_a_final_checkpoint_cut_short_is_left_to_the_loop(tmp_path):
+    """A process killed while the final checkpoint was written: not an answer; the loop then
+    restores what Ray registered and finishes from there."""
+    storage = ray_layout(tmp_path)
+    path = f"{IDENTITY.run_name}/checkpoint_000002_000000_final-12/{CHECKPOINT_FILE}"
+    storage.write_bytes(path, storage.read_bytes(path)[:100])
+    assert final_state(storage, IDENTITY, local=False) is None
+
+
+def test_a_finished_run_given_again_starts_no_worker_and_heals_its_mlflow_run(
+    tiny_data, tmp_path, monkeypatch, capsys
+):
+    job = make_job(tiny_data, tmp_path, tracking={"log_model": False})
+    configs = []
+    real_loop = launcher.train_loop
+
+    def recorded_loop(config):
+        configs.append(config)
+        real_loop(config)
+
+    monkeypatch.setattr(launcher, "train_loop", recorded_loop)
+    first = launcher.run_job(job, local=True)
+    client = mlflow.MlflowClient(job.tracking.uri)
+    run = client.get_run(first.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    nodes = run.data.tags["ltray.worker_nodes"]
+    # as a process killed after its final checkpoint, before it ended its MLflow run, leaves it
+    client.update_run(first.mlflow_run_id, status="RUNNING")
+
+    def no_worker(config):
+        raise AssertionError("a finished run started its training loop")
+
+    monkeypatch.setattr(launcher, "train_loop", no_worker)
+    capsys.readouterr()
+    again = launcher.run_job(job, local=True)
+    assert f"[ltray] run {first.run_name} already finished" in capsys.readouterr().out
+    assert again == first
+    run = client.get_run(first.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["ltray.worker_nodes"] == nodes  # where it trained, kept
+
+    # the loop keeps its own answer, for Ray restoring the final checkpoint after a worker
+    # failed on the way out
+    (config,) = configs
+    config = {key: value for key, value in config.items() if key != "result"}
+    real_loop(config)
+    assert config["result"] == first.metrics
+    assert f"[ltray] run {first.run_name} already finished" in capsys.readouterr().out
+
+    # the same run tracked in a new store (tracking does not name the run): its epochs are
+    # logged there from the checkpoint, under the same run name
+    moved = job.model_copy(
+        update={"tracking": job.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path}/b.db"})}
+    )
+    answered = launcher.run_job(moved, local=True)
+    assert answered.run_name == first.run_name and answered.metrics == first.metrics
+    new_client = mlflow.MlflowClient(moved.tracking.uri)
+    new_run = new_client.get_run(answered.mlflow_run_id)
+    assert new_run.info.status == "FINISHED" and "ltray.worker_nodes" not in new_run.data.tags
+    assert new_run.data.tags["ltray.identity"] == run.data.tags["ltray.identity"]
+    old = logged_metrics(client, first.mlflow_run_id)
+    new = logged_metrics(new_client, answered.mlflow_run_id)
+    assert new == {key: old[key] for key in new} and set(new) >= {"epoch", "train/loss_total"}
