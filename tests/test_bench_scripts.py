@@ -1,6 +1,6 @@
-"""bench/bench_stream.py and bench/bench_scaling.py at their edges: ``--help``, and the skip on a
-machine without Ray (the GPU box has none), which must exit 0 before preparing any data; and
-bench/bench_epoch_start.py run small."""
+"""bench/bench_stream.py, bench_scaling.py and bench_rerun.py at their edges: ``--help``, and
+the skip on a machine without Ray (the GPU box has none), which must exit 0 before preparing any
+data; and bench/bench_epoch_start.py run small."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-SCRIPTS = ["bench_stream", "bench_scaling"]
+SCRIPTS = ["bench_stream", "bench_scaling", "bench_rerun"]
 
 
 def run_script(name: str, args: list[str], monkeypatch) -> None:
