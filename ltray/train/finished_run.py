@@ -26,7 +26,14 @@ from ltray.train.schedule import scaled_lr
 from ltray.train.session import LOCAL_FOLDER, say
 from ltray.train.storage import Storage
 
-WORKER_NODES_TAG = "ltray.worker_nodes"  # where it trained: not where it was answered
+# where and with what the run trained: the training set them, an answer keeps them
+TRAINED_WITH_TAGS = (
+    "ltray.worker_nodes",
+    "ltray.machine",
+    "ltray.submission_id",
+    "ltray.version",
+    "mlflow.source.git.commit",
+)
 
 
 def final_state(storage: Storage, identity: RunIdentity, local: bool) -> dict[str, Any] | None:
@@ -61,15 +68,16 @@ def answer_finished(
 ) -> str | None:
     """Say that the run is finished, and leave its MLflow run as the loop leaves a finished one:
     every epoch of the checkpoint's history logged, status FINISHED (a process killed after
-    the final checkpoint left it RUNNING, or without its last epochs). Returns the MLflow run's
-    id (None without tracking)."""
+    the final checkpoint left it RUNNING, or without its last epochs). The tags of where and
+    with what it trained stay the training's. Returns the MLflow run's id (None without
+    tracking)."""
     say(f"[ltray] run {run_name} already finished; start fresh to rerun it")
     if not job.tracking.enabled:
         return None
     world = job.scaling.num_workers
     params = run_params(job, run_name, world, scaled_lr(job.optim, world))
     tags = run_tags(job, "", manifest.fingerprint)
-    del tags[WORKER_NODES_TAG]
+    tags = {key: value for key, value in tags.items() if key not in TRAINED_WITH_TAGS}
     tracker = MlflowTracker(
         job.tracking.uri, job.tracking.experiment, job.tracking.artifact_location
     )

@@ -75,7 +75,16 @@ def test_a_finished_run_given_again_starts_no_worker_and_heals_its_mlflow_run(
     client = mlflow.MlflowClient(job.tracking.uri)
     run = client.get_run(first.mlflow_run_id)
     assert run.info.status == "FINISHED"
-    nodes = run.data.tags["ltray.worker_nodes"]
+    # where and with what it trained (made distinct here: this test trains and answers on one
+    # machine with one ltray)
+    trained_with = {
+        "ltray.worker_nodes": run.data.tags["ltray.worker_nodes"],
+        "ltray.machine": "the training's machine",
+        "ltray.version": "0.0.1",
+        "mlflow.source.git.commit": "0" * 40,
+    }
+    for key, value in trained_with.items():
+        client.set_tag(first.mlflow_run_id, key, value)
     # as a process killed after its final checkpoint, before it ended its MLflow run, leaves it
     client.update_run(first.mlflow_run_id, status="RUNNING")
 
@@ -89,7 +98,7 @@ def test_a_finished_run_given_again_starts_no_worker_and_heals_its_mlflow_run(
     assert again == first
     run = client.get_run(first.mlflow_run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["ltray.worker_nodes"] == nodes  # where it trained, kept
+    assert {key: run.data.tags[key] for key in trained_with} == trained_with  # kept
 
     # the loop keeps its own answer, for Ray restoring the final checkpoint after a worker
     # failed on the way out
@@ -108,7 +117,7 @@ def test_a_finished_run_given_again_starts_no_worker_and_heals_its_mlflow_run(
     assert answered.run_name == first.run_name and answered.metrics == first.metrics
     new_client = mlflow.MlflowClient(moved.tracking.uri)
     new_run = new_client.get_run(answered.mlflow_run_id)
-    assert new_run.info.status == "FINISHED" and "ltray.worker_nodes" not in new_run.data.tags
+    assert new_run.info.status == "FINISHED" and not set(trained_with) & set(new_run.data.tags)
     assert new_run.data.tags["ltray.identity"] == run.data.tags["ltray.identity"]
     old = logged_metrics(client, first.mlflow_run_id)
     new = logged_metrics(new_client, answered.mlflow_run_id)
