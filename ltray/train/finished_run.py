@@ -17,11 +17,10 @@ from typing import Any
 
 from ltray.config import JobConfig
 from ltray.data import Manifest
-from ltray.secrets import public_url
 from ltray.tracking import MlflowTracker
 from ltray.train.checkpoint import CHECKPOINT_FILE, load_state
 from ltray.train.run_identity import IDENTITY_FILE, RunIdentity, claim_checkpoint_folder
-from ltray.train.run_info import run_params, run_tags
+from ltray.train.run_info import finished_line, log_training_data, run_params, run_tags
 from ltray.train.schedule import scaled_lr
 from ltray.train.session import LOCAL_FOLDER, say
 from ltray.train.storage import Storage
@@ -71,7 +70,7 @@ def answer_finished(
     the final checkpoint left it RUNNING, or without its last epochs). The tags of where and
     with what it trained stay the training's. Returns the MLflow run's id (None without
     tracking)."""
-    say(f"[ltray] run {run_name} already finished; start fresh to rerun it")
+    say(finished_line(run_name))
     if not job.tracking.enabled:
         return None
     world = job.scaling.num_workers
@@ -82,8 +81,7 @@ def answer_finished(
         job.tracking.uri, job.tracking.experiment, job.tracking.artifact_location
     )
     tracker.start(run_name, params, tags)
-    url = public_url(job.data.url)
-    tracker.log_dataset(url, url.rstrip("/").rsplit("/", 1)[-1], manifest.fingerprint)
+    log_training_data(tracker, job, manifest.fingerprint)
     tracker.fill_missing(state["history"])
     tracker.finish()
     return tracker.run_id

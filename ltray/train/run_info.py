@@ -88,6 +88,18 @@ def run_tags(job: JobConfig, nodes: str, data_fingerprint: str) -> dict[str, str
     return tags
 
 
+def log_training_data(tracker: Any, job: JobConfig, data_fingerprint: str) -> None:
+    """The job's training data set as the run's MLflow dataset input (its URL without
+    credentials, its last path part as the name, the manifest's fingerprint)."""
+    url = public_url(job.data.url)
+    tracker.log_dataset(url, url.rstrip("/").rsplit("/", 1)[-1], data_fingerprint)
+
+
+def finished_line(run_name: str) -> str:
+    """What a run that trained to the end says when it is given again."""
+    return f"[ltray] run {run_name} already finished; start fresh to rerun it"
+
+
 def progress_line(record: dict[str, float], eval_prefix: str) -> str:
     p = eval_prefix
     shown = ["train/loss_total", f"{p}/acc", f"{p}/acc_many", f"{p}/acc_medium", f"{p}/acc_few"]

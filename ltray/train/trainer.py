@@ -39,7 +39,7 @@ from ltray.errors import LtrayError
 from ltray.losses import build_loss, head_for
 from ltray.losses.base import effective_number_weights
 from ltray.models import build_model
-from ltray.secrets import join_secrets, public_url, redact_url
+from ltray.secrets import join_secrets, redact_url
 from ltray.tracking import make_tracker
 from ltray.train.classifier_stage import RETRAINED, retrain_classifier
 from ltray.train.classifier_stage import SAMPLER as STAGE2_SAMPLER
@@ -57,6 +57,8 @@ from ltray.train.input_path import SplitInput, loader_workers, open_split
 from ltray.train.run_identity import check_class_count
 from ltray.train.run_info import (
     Predictor,
+    finished_line,
+    log_training_data,
     model_contract,
     progress_line,
     run_params,
@@ -501,8 +503,7 @@ class Trainer:
         params = run_params(self.job, self.run_name, self.world, self.peak_lr)
         tags = {**run_tags(self.job, nodes, self.manifest.fingerprint), **self.extra_tags}
         self.tracker.start(self.run_name, params, tags, fresh=fresh)
-        url = public_url(self.job.data.url)
-        self.tracker.log_dataset(url, url.rstrip("/").rsplit("/", 1)[-1], self.manifest.fingerprint)
+        log_training_data(self.tracker, self.job, self.manifest.fingerprint)
         self.tracker.fill_missing(self.history)
         if state is not None and not self.final:
             self._announce_resume()
@@ -511,8 +512,7 @@ class Trainer:
         # final checkpoint after a worker failed on the way out
         if self.final:
             if self.rank == 0:
-                note = f"[ltray] run {self.run_name} already finished; start fresh to rerun it"
-                self.session.say(note)
+                self.session.say(finished_line(self.run_name))
             self.session.report(self.final, None)
             self.tracker.finish()
             return self.final
