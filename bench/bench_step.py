@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="timed steps (default per model)")
     parser.add_argument("--compile", action="store_true", help="time torch.compile as well")
     parser.add_argument("--models", nargs="+", default=None, help="resnet32 and/or resnet50")
+    parser.add_argument("--batch", type=int, default=0, help="batch size (default per model)")
     parser.add_argument("--losses", nargs="+", default=["ce", "dr"], help="ltray loss names")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -54,6 +55,7 @@ def main() -> None:
     ratios, loss_costs = [], []
     for arch in models:
         size, batch = shapes[arch]
+        batch = args.batch or batch
         steps = args.steps or ((200 if arch == "resnet32" else 40) if on_gpu else 4)
         data = DataConfig(url="", image_size=size)
         fixed = {
