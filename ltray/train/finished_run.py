@@ -20,7 +20,13 @@ from ltray.data import Manifest
 from ltray.tracking import MlflowTracker
 from ltray.train.checkpoint import CHECKPOINT_FILE, load_state
 from ltray.train.run_identity import IDENTITY_FILE, RunIdentity, claim_checkpoint_folder
-from ltray.train.run_info import finished_line, log_training_data, run_params, run_tags
+from ltray.train.run_info import (
+    final_step,
+    finished_line,
+    log_training_data,
+    run_params,
+    run_tags,
+)
 from ltray.train.schedule import scaled_lr
 from ltray.train.session import LOCAL_FOLDER, say
 from ltray.train.storage import Storage
@@ -66,10 +72,10 @@ def answer_finished(
     job: JobConfig, run_name: str, state: dict[str, Any], manifest: Manifest
 ) -> str | None:
     """Say that the run is finished, and leave its MLflow run as the loop leaves a finished one:
-    every epoch of the checkpoint's history logged, status FINISHED (a process killed after
-    the final checkpoint left it RUNNING, or without its last epochs). The tags of where and
-    with what it trained stay the training's. Returns the MLflow run's id (None without
-    tracking)."""
+    every epoch of the checkpoint's history and its final metrics logged, status FINISHED (a
+    process killed after the final checkpoint left it RUNNING, or without its last epochs).
+    The tags of where and with what it trained stay the training's. Returns the MLflow run's
+    id (None without tracking)."""
     say(finished_line(run_name))
     if not job.tracking.enabled:
         return None
@@ -83,5 +89,9 @@ def answer_finished(
     tracker.start(run_name, params, tags)
     log_training_data(tracker, job, manifest.fingerprint)
     tracker.fill_missing(state["history"])
+    # logged once (the tag ltray.final_logged): here only where the store lacks them (a run
+    # tracked in a new store); the model is not (that needs the network built on the driver)
+    step, already_logged = final_step(job, state["history"], state["final"])
+    tracker.log_final(step, state["final"], None, already_logged)
     tracker.finish()
     return tracker.run_id

@@ -100,6 +100,21 @@ def finished_line(run_name: str) -> str:
     return f"[ltray] run {run_name} already finished; start fresh to rerun it"
 
 
+def final_step(
+    job: JobConfig, history: list[dict[str, float]], final: dict[str, float]
+) -> tuple[int, set[str]]:
+    """(the step the final metrics belong to, those of them the last epoch logged already).
+
+    They belong to the last epoch, unless a second stage ran after it (step = epochs, nothing
+    logged yet); the last epoch's own metrics (its test evaluation, where it had no val split)
+    are not logged a second time."""
+    last_epoch = job.schedule.epochs - 1
+    if job.loss.is_decoupled:
+        return last_epoch + 1, set()
+    last = history[-1] if history else {}
+    return last_epoch, {key for key in final if key in last}
+
+
 def progress_line(record: dict[str, float], eval_prefix: str) -> str:
     p = eval_prefix
     shown = ["train/loss_total", f"{p}/acc", f"{p}/acc_many", f"{p}/acc_medium", f"{p}/acc_few"]

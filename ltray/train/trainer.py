@@ -57,6 +57,7 @@ from ltray.train.input_path import SplitInput, loader_workers, open_split
 from ltray.train.run_identity import check_class_count
 from ltray.train.run_info import (
     Predictor,
+    final_step,
     finished_line,
     log_training_data,
     model_contract,
@@ -507,12 +508,15 @@ class Trainer:
         self.tracker.fill_missing(self.history)
         if state is not None and not self.final:
             self._announce_resume()
-        # the final metrics and model were logged before this checkpoint. A finished run given
-        # again is answered on the driver (ltray.train.finished_run); this is Ray restoring the
-        # final checkpoint after a worker failed on the way out
+        # the final metrics and model were logged before this checkpoint (log_final logs the
+        # metrics again only into a store that lacks them). A finished run given again is
+        # answered on the driver (ltray.train.finished_run); this is Ray restoring the final
+        # checkpoint after a worker failed on the way out
         if self.final:
             if self.rank == 0:
                 self.session.say(finished_line(self.run_name))
+            step, already_logged = final_step(self.job, self.history, self.final)
+            self.tracker.log_final(step, self.final, None, already_logged)
             self.session.report(self.final, None)
             self.tracker.finish()
             return self.final
@@ -550,13 +554,9 @@ class Trainer:
         return final
 
     def _final_metrics(self) -> tuple[dict[str, float], int, set[str]]:
-        """(the final metrics, the step they belong to, those the last epoch logged already).
-
-        They belong to the last epoch, unless a second stage ran after it (step = epochs).
-        Where the last epoch was evaluated on test (no val split) and nothing ran since, its
-        test metrics are the final ones: not evaluated again, not logged a second time.
-        """
-        last_epoch = self.job.schedule.epochs - 1
+        """(the final metrics, the step they belong to, those the last epoch logged already:
+        :func:`final_step`). Where the last epoch was evaluated on test (no val split) and
+        nothing ran since, its test metrics are the final ones: not evaluated again."""
         last = self.history[-1] if self.history else {}
         final: dict[str, float] = {}
         if self.job.loss.is_decoupled:
@@ -567,9 +567,7 @@ class Trainer:
             final.update(self.evaluate_split(self.job.data.test_split, "test")[0])
         if self.job.schedule.select_by:
             final.update(self._selected())
-        if self.job.loss.is_decoupled:
-            return final, last_epoch + 1, set()
-        return final, last_epoch, {k for k in final if k in last}
+        return final, *final_step(self.job, self.history, final)
 
     def _announce_resume(self) -> None:
         """Say where the run resumes, and tag its MLflow run with it."""

@@ -108,8 +108,8 @@ def test_a_finished_run_given_again_starts_no_worker_and_heals_its_mlflow_run(
     assert config["result"] == first.metrics
     assert f"[ltray] run {first.run_name} already finished" in capsys.readouterr().out
 
-    # the same run tracked in a new store (tracking does not name the run): its epochs are
-    # logged there from the checkpoint, under the same run name
+    # the same run tracked in a new store (tracking does not name the run): its epochs and
+    # final metrics are logged there from the checkpoint, under the same run name
     moved = job.model_copy(
         update={"tracking": job.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path}/b.db"})}
     )
@@ -121,4 +121,37 @@ def test_a_finished_run_given_again_starts_no_worker_and_heals_its_mlflow_run(
     assert new_run.data.tags["ltray.identity"] == run.data.tags["ltray.identity"]
     old = logged_metrics(client, first.mlflow_run_id)
     new = logged_metrics(new_client, answered.mlflow_run_id)
-    assert new == {key: old[key] for key in new} and set(new) >= {"epoch", "train/loss_total"}
+    assert new == old and set(new) >= {"epoch", "train/loss_total", "test/acc"}
+    assert new_run.data.tags["ltray.final_logged"] == "metrics"
+    assert "final_metrics.json" in {a.path for a in new_client.list_artifacts(new_run.info.run_id)}
+    # and once: given again, nothing is logged twice
+    launcher.run_job(moved, local=True)
+    assert logged_metrics(new_client, answered.mlflow_run_id) == new
+
+
+def test_a_store_that_lacks_the_run_gets_its_final_metrics_once(tmp_path):
+    """With a val split the epochs log val metrics and the test metrics come once at the end
+    (at the last epoch's step): a finished run tracked in a new store gets them there from the
+    final checkpoint, as the loop logged them, and only once."""
+    from train_support import run_cli
+
+    data = tmp_path / "with-val"
+    run_cli(
+        "prepare", "synthetic", str(data), "--classes", "4", "--imbalance", "6",
+        "--image-size", "32", "--seed", "1", "--n-max", "24", "--val-per-class", "4",
+        "--test-per-class", "4",
+    )  # fmt: skip
+    job = make_job(str(data), tmp_path, tracking={"log_model": False})
+    first = launcher.run_job(job, local=True)
+    client = mlflow.MlflowClient(job.tracking.uri)
+    old = logged_metrics(client, first.mlflow_run_id)
+    assert old["test/acc"] == {job.schedule.epochs - 1: first.metrics["test/acc"]}
+    assert "val/acc" in old
+
+    moved = job.model_copy(
+        update={"tracking": job.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path}/b.db"})}
+    )
+    for _ in range(2):
+        answered = launcher.run_job(moved, local=True)
+        new_client = mlflow.MlflowClient(moved.tracking.uri)
+        assert logged_metrics(new_client, answered.mlflow_run_id) == old
