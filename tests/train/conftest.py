@@ -27,3 +27,10 @@ def odd_data(tmp_path_factory) -> str:
     """89 training images (odd: ranks' every-row-once shares differ) in row groups of 16."""
     out = tmp_path_factory.mktemp("data") / "odd"
     return synthetic(out, "--n-max", "45", "--test-per-class", "4", "--row-group-rows", "16")
+
+
+@pytest.fixture(scope="session")
+def val_data(tmp_path_factory) -> str:
+    """4 classes, 32 px, IF 6, with a balanced val split of 4 per class."""
+    out = tmp_path_factory.mktemp("data") / "with-val"
+    return synthetic(out, "--n-max", "24", "--val-per-class", "4", "--test-per-class", "4")

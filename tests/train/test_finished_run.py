@@ -25,6 +25,12 @@ def write_checkpoint(storage: Storage, folder: str, state: dict) -> None:
     storage.write_bytes(f"{folder}/{CHECKPOINT_FILE}", buffer.getvalue())
 
 
+def tracked_elsewhere(job, folder):
+    """The same job tracked in a new MLflow store (tracking does not name the run)."""
+    tracking = job.tracking.model_copy(update={"uri": f"sqlite:///{folder}/b.db"})
+    return job.model_copy(update={"tracking": tracking})
+
+
 def ray_layout(tmp_path) -> Storage:
     """A Ray run's folder as the loop leaves it: the identity record, an epoch's checkpoint and
     the final one (Ray's names: the stream position, ``_final``, a time)."""
@@ -110,9 +116,7 @@ def test_a_finished_run_given_again_starts_no_worker_and_heals_its_mlflow_run(
 
     # the same run tracked in a new store (tracking does not name the run): its epochs and
     # final metrics are logged there from the checkpoint, under the same run name
-    moved = job.model_copy(
-        update={"tracking": job.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path}/b.db"})}
-    )
+    moved = tracked_elsewhere(job, tmp_path)
     answered = launcher.run_job(moved, local=True)
     assert answered.run_name == first.run_name and answered.metrics == first.metrics
     new_client = mlflow.MlflowClient(moved.tracking.uri)
@@ -129,28 +133,18 @@ def test_a_finished_run_given_again_starts_no_worker_and_heals_its_mlflow_run(
     assert logged_metrics(new_client, answered.mlflow_run_id) == new
 
 
-def test_a_store_that_lacks_the_run_gets_its_final_metrics_once(tmp_path):
+def test_a_store_that_lacks_the_run_gets_its_final_metrics_once(val_data, tmp_path):
     """With a val split the epochs log val metrics and the test metrics come once at the end
     (at the last epoch's step): a finished run tracked in a new store gets them there from the
     final checkpoint, as the loop logged them, and only once."""
-    from train_support import run_cli
-
-    data = tmp_path / "with-val"
-    run_cli(
-        "prepare", "synthetic", str(data), "--classes", "4", "--imbalance", "6",
-        "--image-size", "32", "--seed", "1", "--n-max", "24", "--val-per-class", "4",
-        "--test-per-class", "4",
-    )  # fmt: skip
-    job = make_job(str(data), tmp_path, tracking={"log_model": False})
+    job = make_job(val_data, tmp_path, tracking={"log_model": False})
     first = launcher.run_job(job, local=True)
     client = mlflow.MlflowClient(job.tracking.uri)
     old = logged_metrics(client, first.mlflow_run_id)
     assert old["test/acc"] == {job.schedule.epochs - 1: first.metrics["test/acc"]}
     assert "val/acc" in old
 
-    moved = job.model_copy(
-        update={"tracking": job.tracking.model_copy(update={"uri": f"sqlite:///{tmp_path}/b.db"})}
-    )
+    moved = tracked_elsewhere(job, tmp_path)
     for _ in range(2):
         answered = launcher.run_job(moved, local=True)
         new_client = mlflow.MlflowClient(moved.tracking.uri)
